@@ -1,0 +1,621 @@
+"""Exercise checkers for the notebooks: ``check(exercise_id, answer)`` says right or wrong, and why.
+
+Every exercise lives in one registry. An entry is a *worked solution* (a small function whose
+body computes the right answer step by step, with comments), a *checker* that says how an answer
+is compared with it (a number within a tolerance, a function called on test inputs, a choice,
+a piece of text), and a list of *known mistakes*: wrong answers learners typically produce, each
+with the hint that explains it. When an answer matches no known mistake, number checkers still
+diagnose it (about 2x off, percent instead of fraction, GB instead of GiB, wrong log base, ...).
+
+In a notebook:
+
+    >>> from ftlab import check
+    >>> check("memory.weights_gib", 13.04)                                  # doctest: +SKIP
+    ✅ memory.weights_gib: right! 7e9 parameters x 2 bytes = 13.04 GiB.
+    True
+    >>> check("memory.weights_gib", 14.0)                                   # doctest: +SKIP
+    ❌ memory.weights_gib: 14 is not right (expected about 13.04).
+       Hint: that is GB (10^9 bytes); the question asks for GiB (2^30 bytes).
+    False
+    >>> from ftlab.exercises import solution
+    >>> solution("memory.weights_gib")                                      # doctest: +SKIP
+
+Adding an exercise (notebook authors: put it in the section of your notebook below)::
+
+    @exercise("loss.perplexity", Number(rtol=1e-3),
+              question="Perplexity of a model whose mean cross-entropy is 2.0 nats per token?",
+              mistakes=[(lambda: 2 ** 2.0, "That is 2^loss; the loss is in nats, so use e^loss.")])
+    def _():
+        mean_loss = 2.0                  # nats per trained token
+        return math.exp(mean_loss)       # perplexity = e^(mean cross-entropy)
+
+Solutions in CI: notebooks are stored with the learner's placeholders (``answer = ...``). With
+``FTLAB_SOLUTIONS=1`` in the environment (the README's test command sets it), :func:`check`
+checks the registered worked solution instead of the placeholder and *raises* if the solution
+fails its own checker, so nbval exercises every checker. :func:`answer_or_solution` hands the
+solution to later cells that use the learner's answer. Without the flag both do nothing special.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import textwrap
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+SOLUTIONS_ENV = "FTLAB_SOLUTIONS"
+
+
+# --------------------------------------------------------------------------- comparing values
+
+
+def _as_array(value) -> np.ndarray:
+    """Numbers, lists, numpy arrays and torch tensors as a float array (raises if not numeric)."""
+    if hasattr(value, "detach"):  # a torch tensor, without importing torch here
+        value = value.detach().cpu().float().numpy()
+    if isinstance(value, (str, bytes)) or value is None or value is Ellipsis:
+        raise TypeError(f"not a number: {value!r}")
+    return np.asarray(value, dtype=float)
+
+
+def _close(got, expected, rtol: float, atol: float) -> bool:
+    try:
+        a, b = _as_array(got), _as_array(expected)
+    except (TypeError, ValueError):
+        try:
+            return bool(got == expected)
+        except Exception:  # e.g. comparing containers whose == is elementwise
+            return False
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=rtol, atol=atol))
+
+
+def _short(value, limit: int = 80) -> str:
+    """A value printed compactly: 4 significant digits for floats, shapes for arrays and tensors."""
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_short(v, limit) for v in value) + ")"
+    if isinstance(value, float):
+        text = f"{value:.4g}"
+    elif hasattr(value, "shape") and getattr(value, "ndim", 0) == 0:
+        text = f"{float(value):.4g}"
+    elif hasattr(value, "shape"):
+        text = f"{type(value).__name__} of shape {tuple(value.shape)}"
+    else:
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _ratio_hint(got: float, expected: float) -> str:
+    """Diagnose a wrong number from how it relates to the right one (used when no known mistake matched)."""
+    if expected == 0 or not math.isfinite(got):
+        return "Recompute step by step; print the intermediate values."
+    ratio = got / expected
+    near = lambda x, tol=0.02: abs(ratio - x) <= tol * abs(x)  # noqa: E731
+    if near(-1):
+        return "Right size, wrong sign."
+    if near(2):
+        return "Your answer is ~2x too large: is something counted twice, or a 2 missing in a divisor?"
+    if near(0.5):
+        return "Your answer is ~2x too small: is a factor of 2 (or one of two parts) missing?"
+    if near(100) or near(0.01):
+        return "Off by 100: a percentage where a fraction is asked (or the other way round)?"
+    if near(1e9 / 2**30, 0.005) or near(2**30 / 1e9, 0.005):
+        return "Off by 7%: that is GB (10^9 bytes) vs GiB (2^30 bytes)."
+    for power, unit in ((1, "KiB"), (2, "MiB"), (3, "GiB")):
+        if near(1024**power) or near(1024.0**-power):
+            return f"Off by 1024^{power}: check your units (bytes vs {unit})."
+    if near(1 / math.log(2)) or near(math.log(2)):
+        return "Off by a factor ln 2: natural log (nats) and log base 2 (bits) are mixed up."
+    if near(8) or near(1 / 8):
+        return "Off by 8: bits vs bytes?"
+    exponent = math.log10(abs(ratio)) if ratio != 0 else 0.0
+    if ratio > 0 and abs(exponent - round(exponent)) < 0.01 and round(exponent) != 0:
+        return f"Off by 10^{round(exponent)}: check your units and powers of ten."
+    if ratio < 0:
+        return "Wrong sign, and the size is off too: recompute step by step."
+    if ratio > 2 or ratio < 0.5:
+        factor = ratio if ratio > 1 else 1 / ratio
+        shown = f"{factor:,.0f}" if factor >= 10 else f"{factor:.2g}"
+        return f"Your answer is about {shown}x too {'large' if ratio > 1 else 'small'}: recompute step by step."
+    return f"Your answer is {abs(ratio - 1) * 100:.0f}% too {'large' if ratio > 1 else 'small'}."
+
+
+# --------------------------------------------------------------------------- checkers
+# A checker compares an answer with the worked solution and returns (ok, message).
+# `mistakes` are (wrong_answer_maker, hint) pairs; a checker turns the first one that
+# matches the learner's answer into the hint it prints.
+
+
+@dataclass
+class Number:
+    """The answer is a number (or array) within ``rtol`` / ``atol`` of the solution's value."""
+
+    rtol: float = 1e-3
+    atol: float = 0.0
+
+    def __call__(self, answer, solution_fn, mistakes) -> tuple[bool, str]:
+        expected = solution_fn()
+        try:
+            got = float(_as_array(answer)) if np.ndim(_as_array(answer)) == 0 else _as_array(answer)
+        except (TypeError, ValueError):
+            return False, f"expected a number, got {type(answer).__name__} {_short(answer)}."
+        if _close(got, expected, self.rtol, self.atol):
+            return True, f"right! ({_short(expected)})"
+        head = f"{_short(got)} is not right (expected about {_short(expected)})."
+        for make_wrong, hint in mistakes:
+            if _close(got, make_wrong(), max(self.rtol, 1e-3), self.atol):
+                return False, f"{head}\n   Hint: {hint}"
+        if np.ndim(got) == 0 and np.ndim(expected) == 0:
+            return False, f"{head}\n   Hint: {_ratio_hint(float(got), float(expected))}"
+        return False, head
+
+
+@dataclass
+class Function:
+    """The answer is a function; it is called on every test case and compared with the solution.
+
+    ``cases`` is a list of argument tuples, or a callable returning one (so cases can build
+    torch tensors lazily). A mistake here is a *wrong function*: if the learner's function agrees
+    with it on every case, its hint is shown.
+    """
+
+    cases: list | Callable[[], list]
+    rtol: float = 1e-5
+    atol: float = 1e-6
+
+    def __call__(self, answer, solution_fn, mistakes) -> tuple[bool, str]:
+        if not callable(answer):
+            return False, f"expected a function, got {type(answer).__name__} {_short(answer)}."
+        cases = self.cases() if callable(self.cases) else self.cases
+        reference = solution_fn()  # the worked solution returns the reference function
+        outputs = []
+        for args in cases:
+            try:
+                got = answer(*args)
+            except Exception as error:  # the learner's code: report, don't crash the cell
+                return False, f"your function raised {type(error).__name__}: {error}\n   on input {_short(args)}."
+            if got is None:
+                return False, f"your function returned None on input {_short(args)}: did you forget `return`?"
+            outputs.append(got)
+        failed = [
+            (args, got, reference(*args))
+            for args, got in zip(cases, outputs)
+            if not _close(got, reference(*args), self.rtol, self.atol)
+        ]
+        if not failed:
+            return True, f"right on all {len(cases)} test inputs!"
+        args, got, want = failed[0]
+        head = (f"wrong on {len(failed)} of {len(cases)} test inputs, e.g. input {_short(args)}:\n"
+                f"   yours {_short(got)}, expected {_short(want)}.")
+        for wrong_fn, hint in mistakes:
+            wrong = wrong_fn()
+            try:
+                if all(_close(got_i, wrong(*a), self.rtol, self.atol) for a, got_i in zip(cases, outputs)):
+                    return False, f"{head}\n   Hint: {hint}"
+            except Exception:  # a mistake model that does not apply to this input
+                continue
+        try:
+            if np.ndim(_as_array(got)) == 0:
+                return False, f"{head}\n   Hint: {_ratio_hint(float(_as_array(got)), float(_as_array(want)))}"
+        except (TypeError, ValueError):
+            pass
+        return False, head
+
+
+@dataclass
+class Choice:
+    """The answer is one of ``options`` (a letter or a name); each wrong option can carry its own hint."""
+
+    options: dict[str, str]  # key -> text shown with the question
+
+    def __call__(self, answer, solution_fn, mistakes) -> tuple[bool, str]:
+        expected = solution_fn()
+        key = str(answer).strip().lower().strip("() .")
+        if key not in self.options:
+            listing = ", ".join(f"{k!r}" for k in self.options)
+            return False, f"{_short(answer)} is not one of the options ({listing})."
+        if key == expected:
+            return True, f"right! ({key}: {self.options[key]})"
+        for wrong_fn, hint in mistakes:
+            if key == wrong_fn():
+                return False, f"{key} is not the best choice.\n   Hint: {hint}"
+        return False, f"{key} is not the best choice. Re-read the constraints in the question."
+
+
+@dataclass
+class Text:
+    """The answer is a string, compared after stripping (and lower-casing unless ``case=True``)."""
+
+    case: bool = False
+
+    def _norm(self, text: str) -> str:
+        text = " ".join(str(text).split())
+        return text if self.case else text.lower()
+
+    def __call__(self, answer, solution_fn, mistakes) -> tuple[bool, str]:
+        if not isinstance(answer, str):
+            return False, f"expected a string, got {type(answer).__name__} {_short(answer)}."
+        expected = solution_fn()
+        if self._norm(answer) == self._norm(expected):
+            return True, "right!"
+        for wrong_fn, hint in mistakes:
+            if self._norm(answer) == self._norm(wrong_fn()):
+                return False, f"{answer!r} is not right.\n   Hint: {hint}"
+        return False, f"{answer!r} is not right (expected {len(expected)} characters like {expected[:20]!r}...)."
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+@dataclass
+class Exercise:
+    id: str
+    question: str
+    checker: Callable[[Any, Callable[[], Any], list], tuple[bool, str]]
+    solution: Callable[[], Any]  # the worked solution; its source is what `solution(id)` shows
+    mistakes: list = field(default_factory=list)  # [(make_wrong_answer, hint), ...]
+    explanation: str = ""  # one or two sentences printed after a right answer and with the solution
+
+
+EXERCISES: dict[str, Exercise] = {}
+
+
+def exercise(exercise_id: str, checker, *, question: str, mistakes=(), explanation: str = ""):
+    """Decorator that registers the decorated function as the worked solution of an exercise.
+
+    ``mistakes`` is a list of ``(make_wrong_answer, hint)``: for a :class:`Number` or :class:`Choice`
+    checker, ``make_wrong_answer()`` returns the wrong value; for a :class:`Function` checker it
+    returns the wrong function.
+    """
+
+    def register(solution_fn):
+        if exercise_id in EXERCISES:
+            raise ValueError(f"exercise {exercise_id!r} is registered twice (ftlab/exercises.py); ids must be unique")
+        EXERCISES[exercise_id] = Exercise(exercise_id, question, checker, solution_fn, list(mistakes), explanation)
+        return solution_fn
+
+    return register
+
+
+def _get(exercise_id: str) -> Exercise:
+    if exercise_id not in EXERCISES:
+        similar = [e for e in EXERCISES if exercise_id.split(".")[0] in e] or sorted(EXERCISES)
+        raise KeyError(f"no exercise {exercise_id!r} in ftlab/exercises.py; known ids include: {', '.join(similar[:8])}")
+    return EXERCISES[exercise_id]
+
+
+def solutions_enabled() -> bool:
+    """True when ``$FTLAB_SOLUTIONS`` is set to 1/true/yes (CI runs the notebooks that way)."""
+    return os.environ.get(SOLUTIONS_ENV, "").strip().lower() in {"1", "true", "yes"}
+
+
+def answer_or_solution(exercise_id: str, answer):
+    """The learner's ``answer``, or the worked solution's answer when ``$FTLAB_SOLUTIONS`` is on.
+
+    Use it where later cells build on an exercise's result, so CI runs them with a right answer::
+
+        my_loss = answer_or_solution("loss.cross_entropy_fn", my_loss)
+    """
+    return _get(exercise_id).solution() if solutions_enabled() else answer
+
+
+def check(exercise_id: str, answer) -> bool:
+    """Check an answer: prints ✅ or ❌ with a specific hint, returns True / False.
+
+    An answer that is still the placeholder ``...`` is reported as not answered yet. With
+    ``$FTLAB_SOLUTIONS=1`` the worked solution is checked instead, and an AssertionError is raised
+    if it fails (a broken exercise must fail CI, not print a cross).
+
+    Example:
+        >>> check("loss.perplexity", 7.389)   # doctest: +SKIP
+        ✅ loss.perplexity: right! (7.389)
+        True
+    """
+    ex = _get(exercise_id)
+    if solutions_enabled():
+        ok, message = ex.checker(ex.solution(), ex.solution, ex.mistakes)
+        if not ok:
+            raise AssertionError(f"the worked solution of {exercise_id!r} fails its own checker: {message}")
+        print(f"✅ {exercise_id}: {message} (worked solution checked, ${SOLUTIONS_ENV}=1)")
+        return True
+    if answer is Ellipsis or answer is None:
+        print(f"✏️ {exercise_id}: not answered yet. {ex.question}\n   Replace the `...` with your answer and run the cell again.")
+        return False
+    ok, message = ex.checker(answer, ex.solution, ex.mistakes)
+    if ok:
+        tail = f"\n   {ex.explanation}" if ex.explanation else ""
+        print(f"✅ {exercise_id}: {message}{tail}")
+    else:
+        print(f"❌ {exercise_id}: {message}\n   Stuck? ftlab.exercises.solution({exercise_id!r}) shows a worked solution.")
+    return ok
+
+
+def solution_source(exercise_id: str) -> str:
+    """The worked solution as text: question, the solution function's body, the explanation."""
+    ex = _get(exercise_id)
+    source = textwrap.dedent(inspect.getsource(ex.solution))
+    body = source[source.index("def "):]  # drop the @exercise(...) decorator lines
+    parts = [f"# {exercise_id}: {ex.question}", body.rstrip()]
+    if ex.explanation:
+        parts.append(f"# {ex.explanation}")
+    return "\n".join(parts)
+
+
+def solution(exercise_id: str) -> None:
+    """Print the worked solution of an exercise (question, code, explanation)."""
+    print(solution_source(exercise_id))
+
+
+def list_exercises(prefix: str = "") -> list[str]:
+    """Ids of the registered exercises, optionally only those starting with ``prefix``."""
+    return sorted(e for e in EXERCISES if e.startswith(prefix))
+
+
+# =========================================================================== the exercises
+# One section per topic. Each entry: @exercise(id, checker, question=..., mistakes=[...]) above a
+# function whose body is the worked solution, computed from first principles (the tests cross-check
+# it against ftlab's modules). Ids are "<topic>.<name>"; the topic matches the ftlab module.
+
+# --------------------------------------------------------------------------- loss (notebook 02)
+
+_CE_LOGITS = [2.0, 0.5, -1.0, 0.0]  # a 4-token vocabulary
+_CE_TARGET = 1
+
+
+def _log_softmax(logits):
+    top = max(logits)  # subtract the max so exp() cannot overflow; it cancels out
+    log_z = top + math.log(sum(math.exp(z - top) for z in logits))
+    return [z - log_z for z in logits]
+
+
+@exercise(
+    "loss.cross_entropy", Number(rtol=1e-3),
+    question=f"Cross-entropy (in nats) of the logits {_CE_LOGITS} when the correct next token is index {_CE_TARGET}?",
+    mistakes=[
+        (lambda: -_log_softmax(_CE_LOGITS)[_CE_TARGET] / math.log(2), "That is in bits (log base 2); the loss uses the natural log."),
+        (lambda: -_CE_LOGITS[_CE_TARGET], "The loss is -log softmax(logits)[target], not minus the raw logit: normalise first."),
+        (lambda: math.exp(_log_softmax(_CE_LOGITS)[_CE_TARGET]), "That is the probability of the target; the loss is -log of it."),
+        (lambda: -_log_softmax(_CE_LOGITS)[0], "That is the loss for index 0 (the largest logit); the target is index 1."),
+    ],
+    explanation="Cross-entropy = logsumexp(logits) - logits[target]; lower when the target's logit stands out.",
+)
+def _cross_entropy():
+    logits, target = [2.0, 0.5, -1.0, 0.0], 1
+    probs = [math.exp(z) for z in logits]
+    probs = [p / sum(probs) for p in probs]  # softmax: p_i = e^{z_i} / sum_j e^{z_j}
+    return -math.log(probs[target])  # ≈ 1.84 nats
+
+
+def _ce_cases():
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    cases = []
+    for n_pos, vocab, masked in ((5, 7, [1, 3]), (3, 4, []), (6, 10, [0, 1, 2]), (1, 3, [])):
+        logits = torch.randn(n_pos, vocab, generator=g) * 2
+        targets = torch.randint(0, vocab, (n_pos,), generator=g)
+        targets[masked] = -100
+        cases.append((logits, targets))
+    return cases
+
+
+def _ce_ignoring_mask_in_mean():
+    import torch
+
+    def wrong(logits, targets):
+        keep = targets != -100
+        nll = -torch.log_softmax(logits.float(), -1)[keep, targets[keep]]
+        return nll.sum() / len(targets)  # divides by *all* positions
+
+    return wrong
+
+
+@exercise(
+    "loss.masked_cross_entropy", Function(_ce_cases, rtol=1e-4, atol=1e-5),
+    question="Write masked_cross_entropy(logits, targets): logits [positions, vocab], targets [positions] "
+             "with -100 on untrained positions; return the mean loss over the trained positions.",
+    mistakes=[(_ce_ignoring_mask_in_mean, "Masked positions must leave the denominator too: divide by the "
+                                          "number of trained tokens (targets != -100), not by all positions.")],
+    explanation="Only trained tokens count, in the sum and in the count; this is what labels=-100 means.",
+)
+def _masked_cross_entropy():
+    import torch
+
+    def masked_cross_entropy(logits, targets):
+        keep = targets != -100  # trained positions only
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        nll = -log_probs[keep, targets[keep]]  # -log p(correct token) at each trained position
+        return nll.sum() / keep.sum()  # mean over trained tokens
+
+    return masked_cross_entropy
+
+
+# Gradient accumulation: two micro-batches of one optimizer step.
+_ACC = [(30, 2.0), (10, 4.0)]  # (trained tokens, mean loss per trained token) per micro-batch
+
+
+@exercise(
+    "loss.accumulated_loss", Number(rtol=1e-3),
+    question="One optimizer step has two micro-batches: 30 trained tokens with mean loss 2.0, then 10 trained "
+             "tokens with mean loss 4.0. What is the step's loss, normalised per trained token?",
+    mistakes=[
+        (lambda: (2.0 + 4.0) / 2, "You averaged the two micro-batch means; that weights the 10-token batch like the "
+                                  "30-token one. Sum the token losses, then divide by all 40 trained tokens."),
+        (lambda: 2.0 + 4.0, "Your loss is ~2x too large: did you add the micro-batch means without dividing? "
+                            "Weight each mean by its token count, then divide by the total."),
+    ],
+    explanation="Per-token normalisation across micro-batches makes accumulation equal to one big batch.",
+)
+def _accumulated_loss():
+    total_loss = 30 * 2.0 + 10 * 4.0  # sum of per-token losses: 60 + 40
+    total_tokens = 30 + 10
+    return total_loss / total_tokens  # 2.5
+
+
+@exercise(
+    "loss.perplexity", Number(rtol=1e-3),
+    question="Perplexity of a model whose mean cross-entropy is 2.0 nats per token?",
+    mistakes=[(lambda: 2**2.0, "That is 2^loss; the loss is in nats, so perplexity is e^loss."),
+              (lambda: 10**2.0, "That is 10^loss; the loss is in nats, so perplexity is e^loss.")],
+    explanation="Perplexity e^loss is the number of equally likely tokens the model is choosing among.",
+)
+def _perplexity():
+    mean_loss = 2.0  # nats per trained token
+    return math.exp(mean_loss)  # ≈ 7.39
+
+
+# --------------------------------------------------------------------------- optim (notebook 02)
+
+
+@exercise(
+    "optim.cosine_lr", Number(rtol=1e-3),
+    question="Cosine schedule with linear warmup: peak lr 3e-4, 100 warmup steps, 1000 steps in total, floor 0. "
+             "What is the learning rate at step 400?",
+    mistakes=[
+        (lambda: 3e-4 * 0.5 * (1 + math.cos(math.pi * 400 / 1000)),
+         "The cosine starts after warmup: progress = (step - warmup) / (total - warmup) = 300/900."),
+        (lambda: 3e-4 * math.cos(math.pi * 300 / 900), "The cosine factor is 0.5 * (1 + cos(pi * progress)), not cos(pi * progress)."),
+        (lambda: 3e-4 * 0.5 * (1 + math.cos(math.pi * 400 / 900)), "Progress counts from the end of warmup: 400 - 100 = 300 steps of 900."),
+    ],
+    explanation="Same formula as transformers' get_cosine_schedule_with_warmup (and ftlab.optim.lr_at).",
+)
+def _cosine_lr():
+    peak_lr, warmup, total, step = 3e-4, 100, 1000, 400
+    progress = (step - warmup) / (total - warmup)  # 300 / 900 = 1/3 of the decay is done
+    return peak_lr * 0.5 * (1 + math.cos(math.pi * progress))  # 3e-4 * 0.75 = 2.25e-4
+
+
+def _lr_cases():
+    return [(s,) for s in (0, 1, 50, 99, 100, 101, 400, 550, 999, 1000)]
+
+
+@exercise(
+    "optim.cosine_with_floor_fn", Function(_lr_cases, rtol=1e-6, atol=1e-12),
+    question="Write lr_at(step) for: peak 3e-4, 100 linear warmup steps from 0, then cosine decay to a floor "
+             "of 10% of the peak (3e-5) at step 1000 (transformers' min_lr_rate=0.1 form).",
+    mistakes=[
+        (lambda: (lambda s: 3e-4 * s / 100 if s < 100 else 3e-4 * 0.5 * (1 + math.cos(math.pi * (s - 100) / 900))),
+         "Your schedule decays to 0: the floor means lr = floor + (peak - floor) * cosine factor."),
+        (lambda: (lambda s: 3e-4 * s / 100 if s < 100 else max(3e-5, 3e-4 * 0.5 * (1 + math.cos(math.pi * (s - 100) / 900)))),
+         "Clipping at the floor is a different curve: rescale the cosine so it *ends* at the floor."),
+    ],
+    explanation="The floor form is factor * (1 - min_lr_rate) + min_lr_rate, applied after warmup.",
+)
+def _cosine_with_floor_fn():
+    peak_lr, warmup, total, min_lr_rate = 3e-4, 100, 1000, 0.1
+
+    def lr_at(step):
+        if step < warmup:
+            return peak_lr * step / warmup  # linear warmup from 0
+        progress = (step - warmup) / (total - warmup)
+        cosine = 0.5 * (1 + math.cos(math.pi * progress))  # 1 -> 0
+        return peak_lr * (min_lr_rate + (1 - min_lr_rate) * cosine)  # peak -> floor
+
+    return lr_at
+
+
+# --------------------------------------------------------------------------- memory (notebooks 00, 03)
+
+
+@exercise(
+    "memory.weights_gib", Number(rtol=5e-3),
+    question="How many GiB do the weights of a 7-billion-parameter model take in bf16?",
+    mistakes=[
+        (lambda: 7e9 * 2 / 1e9, "That is GB (10^9 bytes); the question asks for GiB (2^30 bytes)."),
+        (lambda: 7e9 * 4 / 2**30, "That is fp32 (4 bytes per parameter); bf16 has 16 bits = 2 bytes."),
+        (lambda: 7e9 * 16 / 2**30, "That counts bits, not bytes: bf16 is 16 bits = 2 bytes per parameter."),
+    ],
+    explanation="Weights alone; training adds gradients, optimizer states and activations on top.",
+)
+def _weights_gib():
+    n_params = 7e9
+    bytes_per_param = 2  # bf16: 16 bits
+    return n_params * bytes_per_param / 2**30  # ≈ 13.04 GiB
+
+
+@exercise(
+    "memory.adamw_bytes_per_param", Number(rtol=1e-6),
+    question="Full fine-tuning in fp32 with AdamW: how many bytes per parameter for weights + gradients + "
+             "optimizer states (activations not counted)?",
+    mistakes=[
+        (lambda: 12, "You are missing one 4-byte item: weights, gradients, AND two AdamW moments (m and v)."),
+        (lambda: 8, "AdamW keeps two fp32 states per parameter (m and v) on top of weights and gradients."),
+        (lambda: 4, "That is the weights only; training also stores gradients and AdamW's two moments."),
+    ],
+    explanation="4 (weights) + 4 (gradients) + 8 (AdamW m and v) = 16 bytes: 4x the weights alone.",
+)
+def _adamw_bytes():
+    weights, grads = 4, 4  # fp32
+    adam_m, adam_v = 4, 4  # first and second moment, fp32
+    return weights + grads + adam_m + adam_v  # 16
+
+
+# --------------------------------------------------------------------------- methods / LoRA (notebook 04)
+
+# SmolLM2-135M: hidden 576, 9 query heads and 3 key/value heads of 64 dims, 30 layers.
+_SMOL = dict(hidden=576, kv_dim=3 * 64, layers=30)
+
+
+@exercise(
+    "lora.trainable_params", Number(rtol=1e-6),
+    question="LoRA with rank r=8 on q_proj and v_proj of SmolLM2-135M (hidden 576, 3 key/value heads of 64 dims, "
+             "30 layers). How many trainable parameters?",
+    mistakes=[
+        (lambda: 8 * (576 + 576) * 2 * 30, "v_proj is not 576 -> 576: grouped-query attention has 3 KV heads x 64 = 192 outputs."),
+        (lambda: 8 * (576 + 576) + 8 * (576 + 192), "That is one layer; the adapters sit in each of the 30 layers."),
+        (lambda: (576 * 576 + 576 * 192) * 30, "That is the size of the frozen weights; LoRA trains A (r x in) and B (out x r)."),
+        (lambda: 8 * 576 * 30 + 8 * 576 * 30, "Each adapter has two matrices: A is r x in_features, B is out_features x r."),
+    ],
+    explanation="An adapter on Linear(in, out) adds r*(in + out) parameters; here 0.34% of the 135M.",
+)
+def _lora_params():
+    r, hidden, kv_dim, layers = 8, 576, 3 * 64, 30
+    q_proj = r * (hidden + hidden)  # A: r x 576, B: 576 x r
+    v_proj = r * (hidden + kv_dim)  # A: r x 576, B: 192 x r
+    return (q_proj + v_proj) * layers  # 460,800
+
+
+# --------------------------------------------------------------------------- batching (notebook 01)
+
+_BATCH_LENGTHS = [12, 30, 7, 18]
+
+
+@exercise(
+    "batching.padding_waste", Number(rtol=1e-3),
+    question=f"A batch of {len(_BATCH_LENGTHS)} sequences with lengths {_BATCH_LENGTHS} is padded to its longest. "
+             "What fraction of the batch's tokens are padding (a number between 0 and 1)?",
+    mistakes=[
+        (lambda: 53 / 67, "Divide the pad tokens by all tokens in the padded batch (4 x 30), not by the real tokens."),
+        (lambda: 67 / 120, "That is the fraction of real tokens; padding is the rest."),
+    ],
+    explanation="Padded to the longest, short sequences waste compute; length grouping and packing cut this.",
+)
+def _padding_waste():
+    lengths = [12, 30, 7, 18]
+    padded = len(lengths) * max(lengths)  # 4 x 30 = 120 token slots
+    real = sum(lengths)  # 67 real tokens
+    return (padded - real) / padded  # 53 / 120 ≈ 0.44
+
+
+# --------------------------------------------------------------------------- concepts (notebook 00)
+
+
+@exercise(
+    "concepts.method_for_16gb", Choice({"a": "full fine-tuning in bf16", "b": "LoRA on bf16 weights",
+                                        "c": "QLoRA (4-bit base weights + LoRA)", "d": "train from scratch"}),
+    question="You have one GPU with 16 GB and want to adapt a 7B model to your task. Which method fits?",
+    mistakes=[
+        (lambda: "a", "Full FT of 7B needs ~16 bytes/param with AdamW (over 100 GB) before activations."),
+        (lambda: "b", "The bf16 weights alone are ~13 GiB; with activations and the CUDA context that does not fit in 16 GB."),
+        (lambda: "d", "Training from scratch needs vastly more data and compute than adapting a pretrained model."),
+    ],
+    explanation="4-bit weights (~3.5 GiB for 7B) leave room for adapters, activations and the optimizer.",
+)
+def _method_for_16gb():
+    weights_bf16_gib = 7e9 * 2 / 2**30  # 13.0 GiB: too close to 16 GB with activations on top
+    weights_nf4_gib = 7e9 * 0.5 / 2**30  # 3.3 GiB (+ quantisation constants): fits
+    assert weights_nf4_gib < 16 < weights_bf16_gib + 4
+    return "c"
