@@ -1,0 +1,216 @@
+"""Batching: dynamic padding, length-grouped batches, packing, and how much of a batch is padding.
+
+Examples have different lengths, but a batch is a rectangle. Three ways to fill it:
+
+* ``"pad"``   - shuffle, cut into batches, pad each batch to *its own* longest example
+  (dynamic padding). Simple; wastes compute when a short and a long example meet.
+* ``"group"`` - length-grouped: take a shuffled window of many batches, sort it by length, cut it
+  into batches and shuffle the batch order. Neighbours have similar lengths, so little padding,
+  while every epoch still sees a different order.
+* ``"pack"``  - concatenate several examples into one row of ``max_length`` tokens, with
+  ``position_ids`` restarting at 0 for each example. Almost no padding.
+
+Packing and attention. Concatenated examples must not see each other. In transformers 5.x the
+Llama family keeps them apart *only if the model gets ``position_ids`` and no 2-D
+``attention_mask``*: it then reads the restarts in ``position_ids`` and builds a block-diagonal
+causal mask (SDPA and eager attention, any batch size) or calls the variable-length kernel
+(flash-attention, batch size 1 only). If an ``attention_mask`` is passed, that detection is skipped
+and every token attends to all earlier tokens of the row, including other examples. So feed packed
+batches through ``model_inputs(batch)``, which drops the mask. ``measure_packing_effect`` measures
+both cases against running each example on its own.
+
+Every batch is a dict of ``torch.LongTensor``: ``input_ids``, ``attention_mask`` (1 = real token),
+``labels`` (-100 on padding and untrained tokens) and, for packed batches, ``position_ids``.
+
+Example:
+    >>> batch = collate([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
+    ...                  {"input_ids": [8], "labels": [8]}], pad_token_id=0)
+    >>> batch["input_ids"].tolist(), batch["labels"].tolist()
+    ([[5, 6, 7], [8, 0, 0]], [[-100, 6, 7], [8, -100, -100]])
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+IGNORE_INDEX = -100
+STRATEGIES = ("pad", "group", "pack")
+GROUP_WINDOW = 32  # "group": sort windows of this many batches by length (like HF's megabatches)
+
+
+def collate(examples, pad_token_id=0, pad_to_multiple_of=None) -> dict:
+    """Right-pad a list of examples into one batch of LongTensors.
+
+    Padding gets ``attention_mask`` 0 and label -100, so it never counts in the loss. The pad id
+    itself therefore does not matter much, but use the tokenizer's (``tok.pad_token_id``).
+    Examples that carry ``position_ids`` (packed rows) get them padded with a fresh 0, 1, 2 ... run,
+    so the padding forms its own separate "example" that no real token can attend to.
+
+    Example:
+        >>> collate([{"input_ids": [1, 2], "labels": [1, 2]}], pad_to_multiple_of=4)["attention_mask"].tolist()
+        [[1, 1, 0, 0]]
+    """
+    if not examples:
+        raise ValueError("collate: got an empty list of examples")
+    length = max(len(e["input_ids"]) for e in examples)
+    if pad_to_multiple_of:
+        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+    packed = any("position_ids" in e for e in examples)
+    input_ids, attention_mask, labels, position_ids = [], [], [], []
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        if len(e["labels"]) != n:
+            raise ValueError(f"collate: example {i} has {n} input_ids but {len(e['labels'])} labels (they must match)")
+        pad = length - n
+        input_ids.append(list(e["input_ids"]) + [pad_token_id] * pad)
+        attention_mask.append([1] * n + [0] * pad)
+        labels.append(list(e["labels"]) + [IGNORE_INDEX] * pad)
+        if packed:
+            position_ids.append(list(e.get("position_ids", range(n))) + list(range(pad)))
+    batch = {
+        "input_ids": torch.tensor(input_ids, dtype=torch.long),
+        "attention_mask": torch.tensor(attention_mask, dtype=torch.long),
+        "labels": torch.tensor(labels, dtype=torch.long),
+    }
+    if packed:
+        batch["position_ids"] = torch.tensor(position_ids, dtype=torch.long)
+    return batch
+
+
+def model_inputs(batch) -> dict:
+    """The keyword arguments to call the model with: for packed batches, without ``attention_mask``.
+
+    Without a 2-D mask, transformers derives a block-diagonal mask from ``position_ids`` so packed
+    examples cannot attend to each other (see the module docstring). Other batches pass unchanged.
+
+    Example:
+        >>> sorted(model_inputs({"input_ids": 1, "attention_mask": 1, "labels": 1, "position_ids": 1}))
+        ['input_ids', 'labels', 'position_ids']
+    """
+    if "position_ids" in batch:
+        return {k: v for k, v in batch.items() if k != "attention_mask"}
+    return dict(batch)
+
+
+def pack_examples(examples, max_length) -> list[dict]:
+    """Pack examples into rows of at most ``max_length`` tokens (first-fit, longest first).
+
+    Each row has ``input_ids``, ``labels``, ``position_ids`` (restarting at 0 for every example)
+    and ``seq_lengths``. The label of each example's *first* token is set to -100: in a packed row
+    it would otherwise be predicted from the previous example's last token, a target that does not
+    exist when examples are trained one by one.
+
+    An example longer than ``max_length`` is an error, not silently cut: truncate it explicitly
+    with ``tokenize_example(..., max_length=...)`` first.
+
+    Example:
+        >>> rows = pack_examples([{"input_ids": [1, 2, 3], "labels": [1, 2, 3]},
+        ...                       {"input_ids": [4, 5], "labels": [4, 5]}], max_length=8)
+        >>> rows[0]["position_ids"], rows[0]["labels"]
+        ([0, 1, 2, 0, 1], [-100, 2, 3, -100, 5])
+    """
+    if max_length is None:
+        raise ValueError("pack_examples needs max_length (the length of one packed row)")
+    for i, e in enumerate(examples):
+        if len(e["input_ids"]) > max_length:
+            raise ValueError(
+                f"example {i} has {len(e['input_ids'])} tokens, more than max_length={max_length}. "
+                "Fix: raise max_length, or truncate explicitly with tokenize_example(..., max_length=...)."
+            )
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
+    rows, room = [], []  # room[r] = tokens still free in row r
+    for i in order:
+        n = len(examples[i]["input_ids"])
+        r = next((r for r, free in enumerate(room) if free >= n), None)
+        if r is None:
+            rows.append([])
+            room.append(max_length)
+            r = len(rows) - 1
+        rows[r].append(i)
+        room[r] -= n
+    packed = []
+    for members in rows:
+        row = {"input_ids": [], "labels": [], "position_ids": [], "seq_lengths": []}
+        for i in members:
+            e = examples[i]
+            n = len(e["input_ids"])
+            row["input_ids"] += list(e["input_ids"])
+            row["labels"] += [IGNORE_INDEX] + list(e["labels"][1:])
+            row["position_ids"] += list(range(n))
+            row["seq_lengths"].append(n)
+        packed.append(row)
+    return packed
+
+
+def _check_lengths(examples, max_length):
+    if max_length is None:
+        return
+    for i, e in enumerate(examples):
+        if len(e["input_ids"]) > max_length:
+            raise ValueError(
+                f"example {i} has {len(e['input_ids'])} tokens, more than max_length={max_length}. "
+                "Fix: truncate explicitly with tokenize_example(..., max_length=...) or raise max_length."
+            )
+
+
+def make_batches(examples, batch_size, strategy="pad", max_length=None, seed=0, shuffle=True, pad_token_id=0) -> list[dict]:
+    """Turn tokenised examples into a list of collated batches.
+
+    Args:
+        examples: dicts with ``input_ids`` and ``labels`` (from ``tokenize_dataset``).
+        batch_size: examples per batch (``"pack"``: packed rows per batch).
+        strategy: ``"pad"``, ``"group"`` or ``"pack"`` (see the module docstring).
+        max_length: the longest allowed example (an error if one is longer); for ``"pack"``, the
+            row length (default: the longest example).
+        seed: the shuffling seed; the same seed gives the same batches.
+        shuffle: ``False`` keeps the input order for ``"pad"`` (and sorts by length for ``"group"``).
+        pad_token_id: the padding id (the tokenizer's ``pad_token_id``).
+
+    Example:
+        >>> exs = [{"input_ids": [1] * n, "labels": [1] * n} for n in (1, 9, 2, 8)]
+        >>> [b["input_ids"].shape[1] for b in make_batches(exs, 2, "group", shuffle=False)]
+        [9, 2]
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy={strategy!r}; use one of {STRATEGIES}")
+    examples = list(examples)
+    rng = random.Random(seed)
+    order = list(range(len(examples)))
+    if shuffle:
+        rng.shuffle(order)
+
+    if strategy == "pack":
+        if max_length is None:
+            max_length = max(len(e["input_ids"]) for e in examples)
+        rows = pack_examples([examples[i] for i in order], max_length)
+        if shuffle:
+            rng.shuffle(rows)
+        chunks = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+        return [collate(c, pad_token_id) for c in chunks]
+
+    _check_lengths(examples, max_length)
+    if strategy == "group":
+        length = lambda i: len(examples[i]["input_ids"])  # noqa: E731
+        if not shuffle:
+            order.sort(key=lambda i: -length(i))
+        else:
+            window = batch_size * GROUP_WINDOW
+            order = [i for w in range(0, len(order), window) for i in sorted(order[w:w + window], key=lambda i: -length(i))]
+    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if strategy == "group" and shuffle:
+        rng.shuffle(chunks)
+    return [collate([examples[i] for i in c], pad_token_id) for c in chunks]
+
+
+def padding_waste(batches) -> float:
+    """Fraction of all token slots in ``batches`` that are padding (0.0 = no waste).
+
+    Example:
+        >>> padding_waste([collate([{"input_ids": [1, 2], "labels": [1, 2]}, {"input_ids": [3], "labels": [3]}])])
+        0.25
+    """
+    total = sum(b["attention_mask"].numel() for b in batches)
+    pads = sum(int((b["attention_mask"] == 0).sum()) for b in batches)
+    return pads / total if total else 0.0
