@@ -1,0 +1,707 @@
+"""The training loop: full fine-tuning, LoRA, QLoRA and layer freezing, on a CPU, one GPU or many.
+
+Read it top to bottom; it is one function, :func:`train`, in five parts:
+
+1. set-up: the run folder, the device (through Accelerate, so ``accelerate launch`` runs the very
+   same code on several GPUs), the data (records -> tokenised examples -> batches), the method
+   (``ftlab.methods.prepare_model``), the optimizer and the learning-rate schedule (``ftlab.optim``);
+2. resume: model/adapter weights, optimizer, scheduler, random generators and data position;
+3. the loop: one optimizer step = ``grad_accum_steps`` micro-batches on every process;
+4. evaluation, early stopping and checkpoints every N steps;
+5. saving the result: the adapter or the model, and optionally LoRA merged into the base.
+
+**The loss, done right.** The loss of one optimizer step is the mean cross-entropy over *all tokens
+that are trained in that step*: every micro-batch, every process. So each micro-batch contributes
+``sum of its token losses / trained tokens of the whole step``. The tempting shortcut - average each
+micro-batch on its own, then average those means - weights a token in a short micro-batch more
+than one in a long micro-batch, and makes the result depend on how the step was split (the
+gradient-accumulation bug found in many trainers in 2024). Here (batch 8, accumulation 1),
+(4, 2) and (2, 4) give the same loss and the same gradients (``tests/test_training.py``).
+
+Example:
+    >>> from ftlab import load_model, TrainConfig, train
+    >>> model, tok = load_model("tiny")
+    >>> data = [{"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}] * 8
+    >>> cfg = TrainConfig(output_dir="runs/doctest", method="lora", max_steps=2, batch_size=4, progress=False)
+    >>> result = train(model, tok, data, config=cfg)            # doctest: +SKIP
+    >>> [round(h["loss"], 2) for h in result.history]           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ftlab import checkpoint as ckpt
+from ftlab.batching import STRATEGIES, make_batches, model_inputs
+from ftlab.methods import ADAPTER_METHODS, METHODS, is_peft_model, is_quantized
+from ftlab.optim import OPTIMIZERS, SCHEDULES
+from ftlab.tracking import LOG_TARGETS, RunLogger, format_postfix, progress_bar
+
+IGNORE_INDEX = -100
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss or the gradient became NaN or infinite; the message says what to change."""
+
+
+# --------------------------------------------------------------------------- 0. the configuration
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run. Saved next to the run as ``config.yaml`` and ``config.json``.
+
+    Example:
+        >>> cfg = TrainConfig(method="full", lr=5e-5, max_steps=60)
+        >>> cfg.effective_batch_size
+        8
+        >>> TrainConfig(method="full", use_dora=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: TrainConfig: use_dora=True only applies to LoRA (method 'lora' or 'qlora'), not method='full'. Fix: set method='lora' or use_dora=False.
+    """
+
+    # --- where the run goes
+    output_dir: str = "runs/ftlab"  # run folder: config, logs, checkpoints/, final/
+    # --- what is trained (see ftlab.methods)
+    method: str = "lora"  # full | lora | dora | qlora | freeze | ia3 | prompt_tuning
+    lora_rank: int = 16  # LoRA r: rank of the update B·A
+    lora_alpha: float = 32  # LoRA scale numerator: the update is multiplied by alpha / r
+    lora_dropout: float = 0.05  # dropout on the adapter's input
+    target_modules: str | list = "all-linear"  # Linear layers that get adapters, or "all-linear"
+    use_dora: bool = False  # DoRA: LoRA plus a learned magnitude per output channel
+    freeze_layers: int | None = None  # method "freeze": freeze the first N decoder layers ...
+    trainable_layers: int | None = None  # ... or train only the last N (give one of the two)
+    # --- optimizer and schedule (see ftlab.optim)
+    optimizer: str = "adamw"  # adamw | sgd | adamw_8bit (CUDA only)
+    lr: float = 2e-4  # peak learning rate
+    weight_decay: float = 0.0  # decoupled weight decay; never applied to biases and norms
+    betas: tuple = (0.9, 0.999)  # AdamW's moment decay rates
+    momentum: float = 0.0  # SGD momentum (AdamW's momentum is betas[0])
+    scheduler: str = "cosine"  # constant | linear | cosine, each after linear warmup
+    warmup_steps: int = 0  # optimizer steps of warmup from 0 to lr
+    min_lr_ratio: float = 0.0  # cosine only: the floor, as a fraction of lr
+    max_grad_norm: float | None = 1.0  # clip the gradient norm to this (None: no clipping)
+    # --- how much data per step
+    max_steps: int = 100  # optimizer steps (the data is repeated in new orders as needed)
+    batch_size: int = 8  # examples per micro-batch on each process
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    max_length: int = 512  # longer examples are truncated (and counted); the row length for packing
+    batching: str = "pad"  # pad | group (length-grouped) | pack (see ftlab.batching)
+    train_on: str = "assistant"  # assistant | last | all: which tokens are trained
+    shuffle: bool = True  # a new seeded order every epoch (False: the order given)
+    # --- speed and memory
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30 % slower
+    mixed_precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | no | bf16
+    allow_bf16_on_cpu: bool = False  # bf16 on CPU is ~30x slower on most CPUs; opt in explicitly
+    compile: bool = False  # torch.compile the model (slow first step, faster after; GPU)
+    # --- evaluation, checkpoints, early stopping
+    eval_every: int = 0  # validate every N steps (0: only at the start and the end)
+    eval_batches: int | None = None  # validate on at most N batches (None: all of eval_data)
+    early_stopping_patience: int | None = None  # stop after N evaluations without a better val loss
+    save_every: int = 0  # checkpoint every N steps (0: only best/interrupt checkpoints)
+    keep_last: int = 2  # keep the newest K checkpoints (the best one is always kept)
+    load_best_at_end: bool = False  # put the best checkpoint's weights back before the final save
+    resume_from: str | None = None  # "latest", a run folder or a checkpoint folder
+    save_final: bool = True  # save the adapter / model to <output_dir>/final
+    merge_lora: bool = False  # also merge adapters into the base and save <output_dir>/merged
+    # --- bookkeeping
+    seed: int = 0  # seeds model set-up (LoRA init), dropout and data order
+    log_to: tuple = ("jsonl", "csv", "tensorboard")  # where the per-step history goes
+    progress: bool = True  # show a progress bar
+    # --- only for `ftlab train --config run.yaml` (train() takes model and data as arguments)
+    model: str | None = None  # a name for ftlab.load_model, e.g. smollm2-135m-instruct
+    train_file: str | None = None  # training data file (any format ftlab.data.load_records reads)
+    eval_file: str | None = None  # validation data file
+
+    def __post_init__(self):
+        self.betas, self.log_to = tuple(self.betas), tuple(self.log_to)
+        if isinstance(self.target_modules, tuple):
+            self.target_modules = list(self.target_modules)
+        self._check()
+
+    def _check(self):
+        def bad(msg):
+            raise ValueError(f"TrainConfig: {msg}")
+
+        for name, options in [("method", METHODS), ("optimizer", OPTIMIZERS), ("scheduler", SCHEDULES),
+                              ("batching", STRATEGIES), ("train_on", ("assistant", "last", "all")),
+                              ("mixed_precision", ("auto", "no", "bf16"))]:
+            if getattr(self, name) not in options:
+                bad(f"{name}={getattr(self, name)!r} is not one of {', '.join(options)}.")
+        for name in ("max_steps", "batch_size", "grad_accum_steps", "max_length", "keep_last"):
+            if int(getattr(self, name)) < 1:
+                bad(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.lr <= 0:
+            bad(f"lr must be > 0, got {self.lr}.")
+        if self.use_dora and self.method not in ("lora", "qlora", "dora"):
+            bad(f"use_dora=True only applies to LoRA (method 'lora' or 'qlora'), not method={self.method!r}. "
+                "Fix: set method='lora' or use_dora=False.")
+        if (self.freeze_layers is not None or self.trainable_layers is not None) and self.method != "freeze":
+            bad(f"freeze_layers/trainable_layers only apply to method='freeze', not {self.method!r}.")
+        if self.freeze_layers is not None and self.trainable_layers is not None:
+            bad("give freeze_layers (freeze the first N) or trainable_layers (train the last N), not both.")
+        if self.momentum and self.optimizer != "sgd":
+            bad(f"momentum={self.momentum} only applies to optimizer='sgd' (AdamW's momentum is betas[0]).")
+        if self.min_lr_ratio and self.scheduler != "cosine":
+            bad(f"min_lr_ratio only applies to scheduler='cosine', not {self.scheduler!r}.")
+        if self.warmup_steps >= self.max_steps:
+            bad(f"warmup_steps={self.warmup_steps} >= max_steps={self.max_steps}: the lr would never reach its peak.")
+        if self.early_stopping_patience is not None and self.eval_every < 1:
+            bad("early_stopping_patience needs eval_every >= 1 (validation during training).")
+        if self.load_best_at_end and self.eval_every < 1:
+            bad("load_best_at_end needs eval_every >= 1 (otherwise there is no best checkpoint).")
+        if set(self.log_to) - set(LOG_TARGETS):
+            bad(f"log_to={list(self.log_to)}: unknown target(s); choose from {', '.join(LOG_TARGETS)}.")
+
+    @property
+    def effective_batch_size(self) -> int:
+        """Examples per optimizer step on one process (times the number of processes when distributed)."""
+        return self.batch_size * self.grad_accum_steps
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    def save(self, folder) -> None:
+        """Write ``config.yaml`` and ``config.json`` into ``folder``."""
+        import yaml
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.yaml").write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        (folder / "config.json").write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def from_yaml(cls, path, **overrides) -> "TrainConfig":
+        """Read a YAML (or JSON) file; unknown keys are an error that names the file and the closest field."""
+        import difflib
+
+        import yaml
+
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of TrainConfig fields at the top level.")
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in values:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"{path}: unknown TrainConfig field {key!r}.{hint}")
+        try:
+            return cls(**{**values, **overrides})
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}: {e}") from None
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns. ``history`` has one dict per optimizer step (plus step 0, the
+    validation before training): ``step, loss, lr, grad_norm, tokens_per_s, step_tokens,
+    trained_tokens, peak_memory_mb, elapsed_s`` and, on evaluation steps, ``val_loss, val_ppl, val_token_acc``."""
+
+    history: list
+    model: torch.nn.Module
+    tokenizer: object
+    config: TrainConfig
+    output_dir: Path
+    final_path: Path | None = None  # the adapter (LoRA/QLoRA) or the whole model (full/freeze)
+    merged_path: Path | None = None  # LoRA merged into the base: a plain Hugging Face folder
+    best_checkpoint: Path | None = None
+    best_val_loss: float | None = None
+    last_checkpoint: Path | None = None
+    stopped_because: str = "max_steps"  # max_steps | early_stopping | interrupted | callback
+    wall_time_s: float = 0.0
+
+    @property
+    def train_history(self) -> list:
+        return [h for h in self.history if "loss" in h]
+
+    @property
+    def eval_history(self) -> list:
+        return [h for h in self.history if "val_loss" in h]
+
+    def chat(self, prompt, **kwargs) -> str:
+        """Ask the trained model something (greedy, through the chat template): ``ftlab.chat``."""
+        from ftlab.models import chat
+
+        return chat(self.model, self.tokenizer, prompt, **kwargs)
+
+
+# --------------------------------------------------------------------------- the loss
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor):
+    """Summed next-token cross-entropy over trained tokens; returns ``(loss_sum, n_tokens, n_correct)``.
+
+    Position ``t`` predicts token ``t + 1``, so labels are shifted left by one (padded with -100 at the
+    end) rather than slicing the logits, which would copy the biggest tensor of the step. The sum, not
+    the mean, is returned: the caller divides by the trained tokens of the *whole* optimizer step.
+    """
+    logits = logits[:, -labels.shape[1]:]  # prompt tuning puts virtual tokens in front; drop them
+    targets = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
+    loss_sum = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                               ignore_index=IGNORE_INDEX, reduction="sum")
+    mask = targets != IGNORE_INDEX
+    n_correct = ((logits.argmax(-1) == targets) & mask).sum()
+    return loss_sum, mask.sum(), n_correct
+
+
+def _forward(model, batch):
+    inputs = model_inputs({k: v for k, v in batch.items() if k not in ("labels", "seq_lengths")})
+    return causal_lm_loss(model(**inputs, use_cache=False).logits, batch["labels"])
+
+
+@torch.no_grad()
+def evaluate_loss(model, batches, accelerator=None) -> dict:
+    """Validation loss (mean over trained tokens), perplexity ``exp(loss)`` and next-token accuracy."""
+    was_training = model.training
+    model.eval()
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    device = accelerator.device if accelerator else next(model.parameters()).device
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, tokens, correct
+    for batch in batches[rank::world]:  # each process takes its share of the batches
+        ctx = accelerator.autocast() if accelerator else contextlib.nullcontext()
+        with ctx:
+            loss_sum, n, correct = _forward(model, {k: v.to(device) for k, v in batch.items()})
+        totals += torch.stack([loss_sum.double(), n.double(), correct.double()])
+    if accelerator and world > 1:
+        totals = accelerator.reduce(totals, reduction="sum")
+    model.train(was_training)
+    loss = (totals[0] / totals[1].clamp(min=1)).item()
+    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700)), "val_token_acc": (totals[2] / totals[1].clamp(min=1)).item()}
+
+
+# --------------------------------------------------------------------------- data
+
+
+def prepare_examples(data, tokenizer, config: TrainConfig, what: str = "train_data") -> list[dict]:
+    """Anything train() accepts -> tokenised examples ``{"input_ids", "labels"}``.
+
+    ``data`` may be a file path, tokenised examples, canonical records, or raw records in any
+    format ``ftlab.data.load_records`` reads (instruction triples, prompt/completion, ShareGPT, ...).
+    """
+    from ftlab.templates import tokenize_dataset
+
+    if isinstance(data, (str, os.PathLike)):
+        from ftlab.data import load_records
+
+        data = load_records(data)
+    data = list(data)
+    if not data:
+        raise ValueError(f"train(): {what} is empty.")
+    if all(isinstance(r, dict) and "input_ids" in r and "labels" in r for r in data):
+        for i, r in enumerate(data):
+            if len(r["input_ids"]) > config.max_length:
+                raise ValueError(f"train(): {what}[{i}] has {len(r['input_ids'])} tokens > max_length="
+                                 f"{config.max_length}. Fix: raise max_length or tokenise with max_length.")
+        return data
+    return tokenize_dataset(data, tokenizer, max_length=config.max_length, train_on=config.train_on, verbose=True)
+
+
+class BatchStream:
+    """Micro-batches in a seeded order, epoch after epoch; ``position`` is saved in checkpoints.
+
+    Epoch ``e`` is ``make_batches(examples, seed=seed + e)``, so the order is a pure function of the seed
+    and the position: a resumed run continues with exactly the batches it would have seen.
+    """
+
+    def __init__(self, examples, config: TrainConfig, pad_token_id: int):
+        self.examples, self.config, self.pad_token_id = examples, config, pad_token_id
+        self.epoch, self.index, self._batches = 0, 0, None
+
+    def _epoch_batches(self):
+        if self._batches is None:
+            c = self.config
+            self._batches = make_batches(self.examples, c.batch_size, c.batching, max_length=c.max_length,
+                                         seed=c.seed + self.epoch, shuffle=c.shuffle, pad_token_id=self.pad_token_id)
+        return self._batches
+
+    def take(self, n: int) -> list[dict]:
+        out = []
+        while len(out) < n:
+            batches = self._epoch_batches()
+            if self.index >= len(batches):  # next epoch, new order
+                self.epoch, self.index, self._batches = self.epoch + 1, 0, None
+                continue
+            out.append(batches[self.index])
+            self.index += 1
+        return out
+
+    @property
+    def position(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def seek(self, position: dict) -> None:
+        self.epoch, self.index, self._batches = position["epoch"], position["index"], None
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _make_accelerator(config: TrainConfig, device: torch.device):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    cuda = device.type == "cuda"
+    precision = config.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+    if precision == "bf16" and device.type == "cpu" and not config.allow_bf16_on_cpu:
+        raise ValueError("TrainConfig: mixed_precision='bf16' on a CPU is usually ~30x slower than fp32. "
+                         "Fix: use mixed_precision='auto' (fp32 on CPU), or set allow_bf16_on_cpu=True to insist.")
+    if config.optimizer == "adamw_8bit" and not cuda:
+        raise ValueError("TrainConfig: optimizer='adamw_8bit' needs a CUDA GPU (bitsandbytes has no CPU "
+                         "kernels for it). Fix: optimizer='adamw' on this machine.")
+    if not PartialState().use_distributed:
+        # In a notebook, train() may run many times with different settings; Accelerate keeps
+        # one global state per process, so start each single-process run from a clean one.
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+    return Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
+
+
+def _peak_memory_mb(device) -> float:
+    """Peak memory so far: allocated CUDA memory on a GPU, the process's peak RSS on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    except ImportError:  # Windows
+        return float("nan")
+
+
+def _diverged(step, what, value, config):
+    return TrainingDiverged(
+        f"step {step}: the {what} is {value} - training has diverged, so it was stopped. What to change: "
+        f"lower the learning rate (now {config.lr:g}; try {config.lr / 10:g}) or add warmup_steps; keep "
+        f"max_grad_norm on (now {config.max_grad_norm}); check the data for empty or broken examples; "
+        "train in fp32 (mixed_precision='no') if it happens under bf16.")
+
+
+def _callback(callbacks, method, *args):
+    """Call ``method`` on each callback (plain functions get the step record). True from one = stop."""
+    stop = False
+    for cb in callbacks:
+        fn = getattr(cb, method, None) or (cb if method == "on_step" and callable(cb) else None)
+        if fn is not None:
+            stop = bool(fn(*args)) or stop
+    return stop
+
+
+class _StopOnInterrupt:
+    """The first Ctrl-C (or a notebook's stop button) asks the loop to stop after the current step and
+    save a checkpoint; a second one interrupts immediately. Only the main thread can catch signals."""
+
+    def __enter__(self):
+        self.requested, self._old = False, None
+        if hasattr(signal, "SIGINT") and __import__("threading").current_thread() is __import__("threading").main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\n[ftlab] interrupt: finishing this step, saving a checkpoint, then stopping "
+              "(interrupt again to stop at once, without saving).")
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(model, tokenizer, train_data, eval_data=None, config: TrainConfig | None = None, callbacks=None,
+          **overrides) -> TrainResult:
+    """Fine-tune ``model`` on ``train_data``; return a :class:`TrainResult`.
+
+    Args:
+        model, tokenizer: from ``ftlab.load_model`` (or any causal LM + its tokenizer).
+        train_data, eval_data: a file path, tokenised examples, or records in any format ftlab reads.
+        config: a :class:`TrainConfig`; keyword ``overrides`` replace single fields
+            (``train(m, t, data, config=cfg, lr=1e-4)``).
+        callbacks: objects with ``on_step(record)`` / ``on_end(result)`` (e.g. ``ftlab.tracking.LivePlot``)
+            or plain functions called with each step's record. Returning True stops the run.
+
+    Example:
+        >>> result = train(model, tok, "data/train.jsonl", config=TrainConfig(max_steps=20))   # doctest: +SKIP
+        >>> result.history[-1]["loss"], result.final_path                                      # doctest: +SKIP
+    """
+    from accelerate.utils import set_seed
+
+    from ftlab.methods import count_parameters, merge_and_save, prepare_model, save_adapter
+    from ftlab.optim import build_optimizer, build_scheduler
+
+    config = config or TrainConfig()
+    if overrides:
+        config = dataclasses.replace(config, **overrides)
+    callbacks = list(callbacks or [])
+    t_start = time.time()
+
+    # ---- 1. set-up: device and processes, run folder, data, method, optimizer, schedule
+    device = next(model.parameters()).device
+    accelerator = _make_accelerator(config, device)
+    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    out_dir = Path(config.output_dir)
+    if main:
+        config.save(out_dir)
+    set_seed(config.seed)  # python, numpy and torch: LoRA's initialisation and dropout are reproducible
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    train_examples = prepare_examples(train_data, tokenizer, config, "train_data")
+    eval_batches = []
+    if eval_data is not None:
+        eval_examples = prepare_examples(eval_data, tokenizer, config, "eval_data")
+        eval_batches = make_batches(eval_examples, config.batch_size, "pad", max_length=config.max_length,
+                                    shuffle=False, pad_token_id=pad_id)[:config.eval_batches]
+    elif config.early_stopping_patience or config.load_best_at_end:
+        raise ValueError("train(): early stopping / load_best_at_end need eval_data (a validation set).")
+
+    if config.method == "full" and is_quantized(model):
+        raise ValueError("train(): method='full' on a 4-bit model - quantised weights cannot be trained "
+                         "directly. Fix: method='qlora' (adapters on the 4-bit base), or load the model unquantised.")
+    if config.gradient_checkpointing:
+        # use_reentrant=False: the modern implementation; works with frozen embeddings (LoRA) as is.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if is_peft_model(model):
+        print("[ftlab] the model already has adapters: training them as they are (method settings ignored).")
+    else:
+        model = prepare_model(model, method=config.method, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
+                              lora_dropout=config.lora_dropout, target_modules=config.target_modules,
+                              use_dora=config.use_dora, freeze_layers=config.freeze_layers,
+                              trainable_layers=config.trainable_layers, tokenizer=tokenizer)
+    optimizer = build_optimizer(model, config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
+                                betas=config.betas, momentum=config.momentum)
+    scheduler = build_scheduler(optimizer, config.scheduler, config.warmup_steps, config.max_steps, config.min_lr_ratio)
+    raw_model = model  # the plain (maybe peft-wrapped) module: what we save and return
+    # prepare() moves the model to this process's device and wraps it for DDP/FSDP under
+    # `accelerate launch`. The scheduler is left out on purpose: Accelerate would step it once per process.
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if config.compile:
+        model = torch.compile(model)
+    fsdp = accelerator.distributed_type.name == "FSDP"
+
+    # ---- 2. resume
+    stream = BatchStream(train_examples, config, pad_id)
+    history, best_val, best_path, bad_evals, trained_tokens, step, last_ckpt = [], None, None, 0, 0, 0, None
+    if config.resume_from:
+        path = ckpt.resolve_checkpoint(config.resume_from, out_dir)
+        state = ckpt.load_checkpoint(path, raw_model, optimizer, scheduler, rank=rank)
+        step, history, bad_evals = state["step"], state["history"], state["bad_evals"]
+        best_val, trained_tokens = state["best_val_loss"], state["trained_tokens"]
+        best_path = Path(state["best_checkpoint"]) if state["best_checkpoint"] else None
+        stream.seek(state["data_position"])
+        last_ckpt = path
+        if main:
+            print(f"[ftlab] resumed from {path} at step {step}")
+    position_done = stream.position  # data position after the last *completed* step
+
+    def save(at_step):
+        """A checkpoint of the state after ``at_step`` completed steps (every process takes part)."""
+        state = {"data_position": position_done, "history": history, "best_val_loss": best_val,
+                 "best_checkpoint": str(best_path) if best_path else None, "bad_evals": bad_evals,
+                 "trained_tokens": trained_tokens, "world_size": world}
+        rngs = [ckpt.rng_state()]
+        if world > 1:
+            from accelerate.utils import gather_object
+
+            rngs = gather_object(rngs)  # every process keeps its own dropout stream
+        model_state = accelerator.get_state_dict(model) if fsdp else None
+        path = None
+        if main:
+            path = ckpt.save_checkpoint(out_dir, at_step, raw_model, optimizer, scheduler, state,
+                                        keep_last=config.keep_last, protect=[best_path], model_state=model_state,
+                                        rng_states=rngs)
+        accelerator.wait_for_everyone()
+        return ckpt.checkpoint_dir(out_dir) / f"{ckpt.PREFIX}{at_step:06d}"
+
+    trainable, total = count_parameters(raw_model)
+    if main:
+        print(f"[ftlab] {config.method}: training {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f} %), "
+              f"{len(train_examples)} examples, {config.max_steps} steps x {config.effective_batch_size * world} "
+              f"examples, on {accelerator.device} x {world}, mixed precision: {accelerator.mixed_precision}")
+    logger = RunLogger(out_dir, config.log_to, append=bool(config.resume_from)) if main else None
+    bar = progress_bar(config.max_steps, initial=step, enabled=config.progress and main)
+
+    # ---- 3. the loop
+    model.train()
+    if eval_batches and step == 0:  # the starting point of the validation curve
+        record = {"step": 0, **evaluate_loss(model, eval_batches, accelerator)}
+        history.append(record)
+        if logger:
+            logger.log(record)
+        _callback(callbacks, "on_step", record)
+    stopped = "max_steps"
+    t_loop = time.time()
+    with _StopOnInterrupt() as interrupt:
+        try:
+            while step < config.max_steps:
+                t0 = time.time()
+                # This step's micro-batches: grad_accum_steps per process, dealt out round-robin.
+                micro = stream.take(config.grad_accum_steps * world)[rank::world]
+                micro = [{k: v.to(accelerator.device) for k, v in b.items()} for b in micro]
+                # The loss's denominator: trained tokens of the whole step, summed over every process.
+                # (labels[:, 1:]: the first token of a row is never predicted.)
+                counts = torch.tensor([sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro),
+                                       sum(int(b["attention_mask"].sum()) for b in micro)], device=accelerator.device)
+                if world > 1:
+                    counts = accelerator.reduce(counts, reduction="sum")
+                n_trained, n_tokens = max(int(counts[0]), 1), int(counts[1])
+                loss_sum = torch.zeros((), device=accelerator.device)
+                for i, batch in enumerate(micro):
+                    # Gradients are averaged across processes only once, after the last micro-batch.
+                    sync = contextlib.nullcontext() if i == len(micro) - 1 else accelerator.no_sync(model)
+                    with sync:
+                        part, _, _ = _forward(model, batch)
+                        # DDP *averages* gradients over processes; multiplying by world turns that into
+                        # the sum, so every trained token of the step has the same weight 1 / n_trained.
+                        accelerator.backward(part * world / n_trained)
+                    loss_sum += part.detach()
+                if world > 1:
+                    loss_sum = accelerator.reduce(loss_sum, reduction="sum")
+                loss = loss_sum.item() / n_trained
+                # Clip; the returned norm is the one *before* clipping (what we log).
+                grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm or float("inf")))
+                if not math.isfinite(loss):
+                    raise _diverged(step + 1, "loss", loss, config)
+                if not math.isfinite(grad_norm):
+                    raise _diverged(step + 1, "gradient norm", grad_norm, config)
+                lr = scheduler.get_last_lr()[0]  # the lr this update uses
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                position_done = stream.position
+                trained_tokens += n_trained
+                elapsed = time.time() - t0
+                record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                          "tokens_per_s": n_tokens / elapsed, "step_tokens": n_trained, "trained_tokens": trained_tokens,
+                          "peak_memory_mb": _peak_memory_mb(accelerator.device), "elapsed_s": time.time() - t_loop}
+
+                # ---- 4. evaluation, early stopping, checkpoints
+                new_best = False
+                if eval_batches and ((config.eval_every and step % config.eval_every == 0) or step == config.max_steps):
+                    record.update(evaluate_loss(model, eval_batches, accelerator))
+                    if best_val is None or record["val_loss"] < best_val:
+                        best_val, bad_evals, new_best = record["val_loss"], 0, config.eval_every > 0
+                    else:
+                        bad_evals += 1
+                        if config.early_stopping_patience and bad_evals >= config.early_stopping_patience:
+                            stopped = "early_stopping"
+                history.append(record)
+                if logger:
+                    logger.log(record)
+                bar.update(1)
+                bar.set_postfix(format_postfix(record))
+                if _callback(callbacks, "on_step", record):
+                    stopped = "callback"
+                if interrupt.requested:
+                    stopped = "interrupted"
+                if new_best:
+                    best_path = ckpt.checkpoint_dir(out_dir) / f"{ckpt.PREFIX}{step:06d}"
+                if new_best or (config.save_every and step % config.save_every == 0) or stopped == "interrupted":
+                    last_ckpt = save(step)
+                if stopped != "max_steps":
+                    break
+        except KeyboardInterrupt:
+            # A second Ctrl-C, or one we could not catch gently: keep what the completed steps achieved.
+            stopped = "interrupted"
+            if main:
+                print(f"\n[ftlab] interrupted during step {step + 1}; saving the state after step {step}.")
+            optimizer.zero_grad(set_to_none=True)
+            last_ckpt = save(step)
+    bar.close()
+    if logger:
+        logger.close()
+    if stopped == "early_stopping" and main:
+        print(f"[ftlab] early stopping at step {step}: validation loss has not improved for "
+              f"{config.early_stopping_patience} evaluations (best {best_val:.4f}).")
+    if stopped == "interrupted" and main:
+        print(f"[ftlab] stopped at step {step}; checkpoint: {last_ckpt}. "
+              f"Continue with resume_from='latest' (same output_dir).")
+
+    # ---- 5. the result: best weights back (optional), adapter or model, merged model
+    if config.load_best_at_end and best_path is not None and step > 0:
+        ckpt.load_checkpoint(best_path, raw_model, restore_rng=False)
+    final_path = merged_path = None
+    if config.save_final and stopped != "interrupted":
+        final_path = out_dir / "final"
+        if is_peft_model(raw_model):
+            if main:
+                save_adapter(raw_model, final_path)
+        else:
+            state_dict = accelerator.get_state_dict(model) if fsdp else None
+            if main:
+                raw_model.save_pretrained(final_path, state_dict=state_dict)
+        if main:
+            tokenizer.save_pretrained(final_path)
+        if config.merge_lora and is_peft_model(raw_model) and main:
+            merged_path = merge_and_save(raw_model, tokenizer, out_dir / "merged")
+    accelerator.wait_for_everyone()
+    raw_model.eval()
+    result = TrainResult(history=history, model=raw_model, tokenizer=tokenizer, config=config, output_dir=out_dir,
+                         final_path=final_path, merged_path=merged_path, best_checkpoint=best_path,
+                         best_val_loss=best_val, last_checkpoint=last_ckpt, stopped_because=stopped,
+                         wall_time_s=time.time() - t_start)
+    if main:
+        summary = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()
+                   if k not in ("history", "model", "tokenizer", "config")}
+        (out_dir / "result.json").write_text(json.dumps(summary, indent=2))
+    _callback(callbacks, "on_end", result)
+    return result
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def cli_main(argv=None) -> int:
+    """``ftlab train --config run.yaml [--set key=value ...]``: load model and data from the config, train, save."""
+    import argparse
+
+    import yaml
+
+    parser = argparse.ArgumentParser(prog="ftlab train", description="Fine-tune a model from a YAML config (see configs/).")
+    parser.add_argument("--config", required=True, help="YAML file with TrainConfig fields")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one field, e.g. --set max_steps=10 (repeatable)")
+    args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key.strip()] = yaml.safe_load(value)
+    config = TrainConfig.from_yaml(args.config, **overrides)
+    if not config.model or not config.train_file:
+        parser.error(f"{args.config}: needs 'model' (e.g. smollm2-135m-instruct) and 'train_file' for the command line.")
+    from accelerate import PartialState
+
+    from ftlab.models import load_model
+
+    # Under `accelerate launch`, every process loads the model straight onto its own device.
+    model, tokenizer = load_model(config.model, device=PartialState().device)
+    result = train(model, tokenizer, config.train_file, config.eval_file, config=config)
+    if PartialState().is_main_process:
+        last = result.train_history[-1] if result.train_history else {}
+        print(f"[ftlab] done in {result.wall_time_s:.1f} s: {len(result.train_history)} logged steps, "
+              f"final loss {last.get('loss', float('nan')):.4f}, best val loss {result.best_val_loss}; "
+              f"saved to {result.final_path or result.last_checkpoint}")
+    return 130 if result.stopped_because == "interrupted" else 0
