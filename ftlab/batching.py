@@ -11,13 +11,15 @@ Examples have different lengths, but a batch is a rectangle. Three ways to fill 
   ``position_ids`` restarting at 0 for each example. Almost no padding.
 
 Packing and attention. Concatenated examples must not see each other. In transformers 5.x the
-Llama family keeps them apart *only if the model gets ``position_ids`` and no 2-D
-``attention_mask``*: it then reads the restarts in ``position_ids`` and builds a block-diagonal
-causal mask (SDPA and eager attention, any batch size) or calls the variable-length kernel
-(flash-attention, batch size 1 only). If an ``attention_mask`` is passed, that detection is skipped
-and every token attends to all earlier tokens of the row, including other examples. So feed packed
-batches through ``model_inputs(batch)``, which drops the mask. ``measure_packing_effect`` measures
-both cases against running each example on its own.
+Llama family keeps them apart only when three things hold: the model gets ``position_ids``, gets
+*no* 2-D ``attention_mask``, and runs with ``use_cache=False``. It then reads the restarts in
+``position_ids`` and builds a block-diagonal causal mask (SDPA and eager attention, any batch
+size - so also on a laptop CPU) or calls the variable-length kernel (flash-attention, batch size 1
+only). Pass an ``attention_mask``, or leave ``use_cache`` at its default (``True``, even in training
+mode), and that detection is skipped without a warning: every token then attends to all earlier
+tokens of its row, other examples included. So call the model as
+``model(**model_inputs(batch), use_cache=False)``. ``measure_packing_effect`` measures each case
+against running the examples one by one.
 
 Every batch is a dict of ``torch.LongTensor``: ``input_ids``, ``attention_mask`` (1 = real token),
 ``labels`` (-100 on padding and untrained tokens) and, for packed batches, ``position_ids``.
@@ -80,10 +82,11 @@ def collate(examples, pad_token_id=0, pad_to_multiple_of=None) -> dict:
 
 
 def model_inputs(batch) -> dict:
-    """The keyword arguments to call the model with: for packed batches, without ``attention_mask``.
+    """The tensors to call the model with: for packed batches, everything but ``attention_mask``.
 
-    Without a 2-D mask, transformers derives a block-diagonal mask from ``position_ids`` so packed
-    examples cannot attend to each other (see the module docstring). Other batches pass unchanged.
+    Without a 2-D mask (and with ``use_cache=False``, which you pass to the model yourself),
+    transformers derives a block-diagonal mask from ``position_ids``, so packed examples cannot
+    attend to each other (see the module docstring). Other batches pass unchanged.
 
     Example:
         >>> sorted(model_inputs({"input_ids": 1, "attention_mask": 1, "labels": 1, "position_ids": 1}))
@@ -214,3 +217,90 @@ def padding_waste(batches) -> float:
     total = sum(b["attention_mask"].numel() for b in batches)
     pads = sum(int((b["attention_mask"] == 0).sum()) for b in batches)
     return pads / total if total else 0.0
+
+
+@torch.no_grad()
+def measure_packing_effect(model, examples, max_length=None) -> dict:
+    """Measure whether packed examples leak into each other, by comparing losses with running them alone.
+
+    The same examples are scored five ways (mean loss per trained token):
+
+    * ``separate``         - one example per forward pass: the reference;
+    * ``packed``           - packed rows fed the right way: ``position_ids``, no ``attention_mask``,
+      ``use_cache=False``; transformers builds a block-diagonal mask;
+    * ``packed_use_cache`` - the same, but with the model's default ``use_cache=True``: the cache
+      switches the packed-sequence detection off, so examples attend to each other;
+    * ``packed_with_mask`` - the rows *with* the 2-D ``attention_mask``: detection off as well;
+    * ``concatenated``     - rows without ``position_ids`` at all (positions run on across examples).
+
+    ``max_token_diff`` gives, per variant, the largest difference of any token's loss from the
+    reference: float rounding (about 1e-5) when the examples are truly kept apart.
+
+    Example:
+        >>> from ftlab import load_model, load_records, tokenize_dataset
+        >>> model, tok = load_model("tiny")                                           # doctest: +SKIP
+        >>> exs = tokenize_dataset(load_records("tests/fixtures/data/chat.jsonl"), tok)  # doctest: +SKIP
+        >>> measure_packing_effect(model, exs)["max_token_diff"]["packed"] < 1e-4        # doctest: +SKIP
+        True
+    """
+    import torch.nn.functional as F
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    examples = [e for e in examples if len(e["input_ids"]) > 1]
+
+    def token_losses(inputs, use_cache=False):
+        inputs = {k: v.to(device) for k, v in inputs.items() if k != "labels"}
+        return model(**inputs, use_cache=use_cache).logits[:, :-1].float()
+
+    # Reference: every example alone. Position t predicts label t+1.
+    reference = []
+    for e in examples:
+        logits = token_losses({"input_ids": torch.tensor([e["input_ids"]])})[0]
+        labels = torch.tensor(e["labels"][1:], device=device)
+        reference.append((F.cross_entropy(logits, labels.clamp(min=0), reduction="none"), labels != IGNORE_INDEX))
+
+    if max_length is None:
+        max_length = max(len(e["input_ids"]) for e in examples) * 2
+    rows = pack_examples(examples, max_length)
+    batch = collate(rows)
+    # Map each packed segment back to its example by content (identical examples have identical losses).
+    remaining = {}
+    for i, e in enumerate(examples):
+        remaining.setdefault(tuple(e["input_ids"]), []).append(i)
+    segments = []  # (row, start, length, example index)
+    for r, row in enumerate(rows):
+        start = 0
+        for n in row["seq_lengths"]:
+            key = tuple(batch["input_ids"][r, start:start + n].tolist())
+            segments.append((r, start, n, remaining[key].pop()))
+            start += n
+
+    no_mask = model_inputs(batch)
+    variants = {
+        "packed": (no_mask, False),
+        "packed_use_cache": (no_mask, None),
+        "packed_with_mask": (dict(batch), False),
+        "concatenated": ({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}, False),
+    }
+    ref_total = sum(float((l * m).sum()) for l, m in reference)
+    n_tokens = sum(int(m.sum()) for _, m in reference)
+    result = {"separate": ref_total / max(1, n_tokens), "max_token_diff": {},
+              "attn_implementation": getattr(model.config, "_attn_implementation", None), "rows": len(rows),
+              "examples": len(examples), "trained_tokens": n_tokens}
+    for name, (inputs, use_cache) in variants.items():
+        logits = token_losses(inputs, use_cache)
+        total, worst = 0.0, 0.0
+        for r, start, n, i in segments:
+            ref_loss, mask = reference[i]
+            labels = torch.tensor(examples[i]["labels"][1:], device=device)
+            loss = F.cross_entropy(logits[r, start:start + n - 1], labels.clamp(min=0), reduction="none")
+            total += float((loss * mask).sum())
+            if mask.any():
+                worst = max(worst, float((loss - ref_loss).abs()[mask].max()))
+        result[name] = total / max(1, n_tokens)
+        result["max_token_diff"][name] = worst
+    if was_training:
+        model.train()
+    return result

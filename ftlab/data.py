@@ -267,7 +267,7 @@ class _Converter:
         mapped_hint = f", or map your own field name to it with field_map={{'your_name': '{key}'}}"
         if key not in obj or obj[key] is None:
             if required:
-                self.add(key, f"missing field (the record has {_visible_keys(obj)})", f"add a '{key}' field with the {what}{mapped_hint}")
+                self.add(key, f"missing field (the record has {_visible_keys(obj)})", f"add the field '{key}' with the {what}{mapped_hint}")
             return None
         value = obj[key]
         if not isinstance(value, str):
@@ -275,7 +275,8 @@ class _Converter:
                      f"store the {what} as text, e.g. \"{value}\"" if isinstance(value, (int, float)) else f"store the {what} as one string")
             return None
         if required and not value.strip():
-            self.add(key, "empty", f"write the {what}, or remove this record")
+            message = "empty assistant reply (nothing to learn)" if what == "answer" else "empty"
+            self.add(key, message, f"write the {what}, or remove this record")
             return None
         return value
 
@@ -426,10 +427,12 @@ def _check_record(record, loc: _Loc) -> list[Problem]:
             continue
         if role != expected:
             previous = messages[i - 1].get("role") if i else None
-            why = (f"two '{role}' turns in a row" if previous == role
-                   else f"the conversation starts with '{role}'")
-            problems.append(loc.problem(name(i, "role"), f"turns must alternate user/assistant, but found {why}",
-                                        "merge consecutive turns of the same role, or add the missing turn in between"))
+            if previous == role:
+                problems.append(loc.problem(name(i, "role"), f"turns must alternate user/assistant, but found two '{role}' turns in a row",
+                                            "merge consecutive turns of the same role, or add the missing turn in between"))
+            else:
+                problems.append(loc.problem(name(i, "role"), f"the conversation starts with '{role}' instead of 'user'",
+                                            "begin with the user's turn (an optional system message may come before it)"))
         expected = "assistant" if role == "user" else "user"
         if not content.strip():
             if role == "assistant":
@@ -537,6 +540,7 @@ def load_records(source, format=None, field_map=None, validate=True, on_invalid=
         else:
             records.append(record)
     if problems:
+        problems.sort(key=lambda p: p.number)  # reading and checking problems, in file order
         if on_invalid == "raise":
             raise DataValidationError(problems)
         if verbose:
@@ -544,3 +548,374 @@ def load_records(source, format=None, field_map=None, validate=True, on_invalid=
             for p in problems[:3]:
                 print(f"  - {p}")
     return records
+
+
+# --------------------------------------------------------------------------- duplicates
+
+
+def record_text(record) -> str:
+    """The text that identifies a record for de-duplication: user and assistant turns (or the text).
+
+    System prompts are left out: many datasets share one, and it would make every pair look alike.
+    """
+    if "messages" in record:
+        return "\n".join(m["content"] for m in record["messages"] if m.get("role") != "system")
+    return str(record.get("text", ""))
+
+
+def normalize_text(text: str) -> str:
+    """Lower case, punctuation -> spaces, runs of whitespace -> one space.
+
+    Example:
+        >>> normalize_text("  Hello,   WORLD!! ")
+        'hello world'
+    """
+    return " ".join(re.sub(r"[^\w]+", " ", text.lower()).split())
+
+
+def shingles(text: str, n: int = 3) -> frozenset:
+    """The set of word ``n``-grams of the normalised text (a short text is one shingle).
+
+    Example:
+        >>> sorted(shingles("a b c d"))
+        ['a b c', 'b c d']
+    """
+    words = normalize_text(text).split()
+    if len(words) <= n:
+        return frozenset([" ".join(words)])
+    return frozenset(" ".join(words[i:i + n]) for i in range(len(words) - n + 1))
+
+
+def jaccard(a: frozenset, b: frozenset) -> float:
+    """|a & b| / |a | b| - 1.0 for identical sets, 0.0 for disjoint ones."""
+    if not a and not b:
+        return 1.0
+    return len(a & b) / len(a | b)
+
+
+def near_duplicate_pairs(texts, threshold=0.8, other=None) -> list[tuple[int, int, float]]:
+    """All pairs of texts whose word-3-gram Jaccard similarity is at least ``threshold``.
+
+    With ``other``, pairs ``(i, j, sim)`` link ``texts[i]`` to ``other[j]`` (e.g. test vs train);
+    without it, pairs ``i < j`` within ``texts``.
+
+    This is exact, not sampled (unlike MinHash): it uses *prefix filtering*. Order every set's
+    shingles from rarest to commonest; two sets with Jaccard >= t must share one of the first
+    ``len - ceil(t * len) + 1`` shingles of each set. Rare shingles have short posting lists, so
+    only a few candidate pairs need the full Jaccard computation.
+
+    Example:
+        >>> near_duplicate_pairs(["the cat sat on the mat", "The cat sat on the mat!", "dogs bark"])
+        [(0, 1, 1.0)]
+    """
+    import math
+
+    sets_a = [shingles(t) for t in texts]
+    sets_b = [shingles(t) for t in other] if other is not None else sets_a
+    freq = Counter(s for group in ((sets_a, sets_b) if other is not None else (sets_a,)) for x in group for s in x)
+    rank = lambda s: (freq[s], zlib.crc32(s.encode()), s)  # noqa: E731  rarest first, deterministic
+
+    def prefix(x):
+        ordered = sorted(x, key=rank)
+        return ordered[: len(ordered) - math.ceil(threshold * len(ordered)) + 1]
+
+    index: dict[str, list[int]] = {}
+    for j, y in enumerate(sets_b):
+        for s in prefix(y):
+            index.setdefault(s, []).append(j)
+    pairs = []
+    for i, x in enumerate(sets_a):
+        candidates = {j for s in prefix(x) for j in index.get(s, ())}
+        for j in sorted(candidates):
+            if other is None and j <= i:
+                continue
+            y = sets_b[j]
+            if min(len(x), len(y)) < threshold * max(len(x), len(y)):
+                continue  # sizes too different to reach the threshold
+            sim = jaccard(x, y)
+            if sim >= threshold:
+                pairs.append((i, j, round(sim, 4)))
+    return pairs
+
+
+def _exact_key(record) -> str:
+    if "messages" in record:
+        return json.dumps([[m["role"], m["content"]] for m in record["messages"]], ensure_ascii=False)
+    return "text:" + str(record.get("text"))
+
+
+def duplicate_groups(records, near=True, threshold=0.8) -> list[list[int]]:
+    """Group record indices so that exact and near copies share a group (singletons included).
+
+    Example:
+        >>> recs = [{"text": "a b c d e"}, {"text": "x y z"}, {"text": "A b c d e."}]
+        >>> duplicate_groups(recs)
+        [[0, 2], [1]]
+    """
+    parent = list(range(len(records)))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union(i, j):
+        a, b = find(i), find(j)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+
+    first: dict[str, int] = {}
+    for i, r in enumerate(records):
+        key = _exact_key(r)
+        if key in first:
+            union(first[key], i)
+        else:
+            first[key] = i
+    if near:
+        for i, j, _ in near_duplicate_pairs([record_text(r) for r in records], threshold):
+            union(i, j)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(records)):
+        groups.setdefault(find(i), []).append(i)
+    return sorted(groups.values())
+
+
+def drop_duplicates(records, near=True, threshold=0.8, verbose=True) -> tuple[list[dict], int]:
+    """Keep the first record of every group of exact (and, with ``near``, near) copies.
+
+    Returns ``(kept, n_dropped)``; nothing is dropped unless you call this.
+
+    Example:
+        >>> kept, n = drop_duplicates([{"text": "same"}, {"text": "same"}, {"text": "other"}], verbose=False)
+        >>> len(kept), n
+        (2, 1)
+    """
+    groups = duplicate_groups(records, near=near, threshold=threshold)
+    keep = sorted(g[0] for g in groups)
+    kept = [records[i] for i in keep]
+    n_dropped = len(records) - len(kept)
+    if verbose:
+        print(f"[ftlab] drop_duplicates: kept {len(kept)}, dropped {n_dropped} {'exact/near' if near else 'exact'} copies")
+    return kept, n_dropped
+
+
+# --------------------------------------------------------------------------- the report
+
+
+@dataclass
+class DataReport:
+    """What ``summarize_dataset`` found. It reports; it never changes the data."""
+
+    n_records: int
+    formats: Counter
+    roles: Counter
+    tasks: Counter
+    assistant_turns: Counter
+    token_lengths: list[int] = field(default_factory=list)
+    trained_tokens: int = 0
+    max_length: int | None = None
+    n_too_long: int = 0
+    exact_duplicates: int = 0
+    near_duplicates: int = 0
+    duplicate_examples: list[tuple[str, str]] = field(default_factory=list)
+    near_threshold: float = 0.8
+
+    def length_stats(self) -> dict:
+        """min / mean / median / p90 / p95 / max of the token lengths (empty without a tokenizer)."""
+        if not self.token_lengths:
+            return {}
+        xs = sorted(self.token_lengths)
+        q = lambda p: xs[min(len(xs) - 1, int(p * len(xs)))]  # noqa: E731
+        return {"min": xs[0], "mean": round(statistics.fmean(xs), 1), "median": q(0.5), "p90": q(0.9),
+                "p95": q(0.95), "max": xs[-1]}
+
+    def _lines(self) -> list[tuple[str, str]]:
+        rows = [("records", str(self.n_records)),
+                ("formats", _fmt_counter(self.formats))]
+        if self.roles:
+            rows.append(("messages per role", _fmt_counter(self.roles)))
+            rows.append(("assistant turns per record", _fmt_counter(self.assistant_turns, sort_keys=True)))
+        if self.tasks:
+            rows.append(("tasks", _fmt_counter(self.tasks)))
+        stats = self.length_stats()
+        if stats:
+            rows.append(("tokens per record", ", ".join(f"{k} {v}" for k, v in stats.items())))
+            rows.append(("trained tokens (total)", f"{self.trained_tokens} of {sum(self.token_lengths)}"))
+        if self.max_length is not None:
+            pct = 100 * self.n_too_long / max(1, self.n_records)
+            rows.append((f"longer than max_length={self.max_length}",
+                         f"{self.n_too_long} ({pct:.1f}%) - would be truncated if tokenised with this max_length"))
+        rows.append(("exact duplicates", f"{self.exact_duplicates} records repeat an earlier one"))
+        rows.append((f"near duplicates (Jaccard >= {self.near_threshold})",
+                     f"{self.near_duplicates} more records are near copies of an earlier one"))
+        for a, b in self.duplicate_examples:
+            rows.append(("  e.g.", f"{a} ~ {b}"))
+        return rows
+
+    def __str__(self) -> str:
+        rows = self._lines()
+        width = max(len(k) for k, _ in rows)
+        body = "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+        return f"DataReport (nothing was changed; drop or truncate explicitly if you want to)\n{body}"
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        import html as _html
+
+        cells = "".join(f"<tr><th style='text-align:left'>{_html.escape(k)}</th><td style='text-align:left'>{_html.escape(v)}</td></tr>"
+                        for k, v in self._lines())
+        hist = ""
+        if self.token_lengths:
+            counts, edges = _histogram(self.token_lengths, 12)
+            top = max(counts) or 1
+            bars = "".join(
+                f"<div style='font-family:monospace'>{edges[i]:>6}-{edges[i + 1]:<6} "
+                f"<span style='display:inline-block;background:#4c8bf5;height:10px;width:{int(300 * c / top)}px'></span> {c}</div>"
+                for i, c in enumerate(counts))
+            hist = f"<div style='margin-top:6px'><b>token lengths</b>{bars}</div>"
+        return (f"<div><b>DataReport</b> <i>(nothing was changed)</i><table>{cells}</table>{hist}</div>")
+
+
+def _fmt_counter(counter: Counter, sort_keys=False) -> str:
+    items = sorted(counter.items()) if sort_keys else counter.most_common()
+    return ", ".join(f"{k}: {v}" for k, v in items) or "-"
+
+
+def _histogram(values, bins):
+    lo, hi = min(values), max(values)
+    step = max(1, -(-(hi - lo + 1) // bins))
+    edges = [lo + i * step for i in range(bins + 1)]
+    counts = [0] * bins
+    for v in values:
+        counts[min(bins - 1, (v - lo) // step)] += 1
+    while counts and counts[-1] == 0:
+        counts.pop()
+    return counts, edges
+
+
+def summarize_dataset(records, tokenizer=None, max_length=None, near_threshold=0.8, template=None, train_on="assistant") -> DataReport:
+    """Count what is in the data - formats, roles, tasks, token lengths, too-long examples, duplicates.
+
+    With a tokenizer, each record is rendered through the same template as for training, so the
+    lengths are the real training lengths. The report only describes; use ``drop_duplicates`` or
+    ``tokenize_example(..., max_length=...)`` to act on it.
+
+    Example:
+        >>> rep = summarize_dataset([{"text": "hello there"}, {"text": "hello there"}])
+        >>> rep.n_records, rep.exact_duplicates
+        (2, 1)
+    """
+    records = list(records)
+    formats, roles, tasks, turns = Counter(), Counter(), Counter(), Counter()
+    for r in records:
+        formats[r.get("_format", "chat" if "messages" in r else "text")] += 1
+        if "messages" in r:
+            roles.update(m["role"] for m in r["messages"])
+            turns[sum(m["role"] == "assistant" for m in r["messages"])] += 1
+        if "task" in r:
+            tasks[str(r["task"])] += 1
+    report = DataReport(len(records), formats, roles, tasks, turns, max_length=max_length, near_threshold=near_threshold)
+    if tokenizer is not None:
+        from ftlab.templates import tokenize_dataset
+
+        examples = tokenize_dataset(records, tokenizer, template=template, train_on=train_on, verbose=False)
+        report.token_lengths = [len(e["input_ids"]) for e in examples]
+        report.trained_tokens = sum(sum(l != -100 for l in e["labels"]) for e in examples)
+        if max_length is not None:
+            report.n_too_long = sum(n > max_length for n in report.token_lengths)
+    exact_groups = duplicate_groups(records, near=False)
+    all_groups = duplicate_groups(records, near=True, threshold=near_threshold)
+    report.exact_duplicates = sum(len(g) - 1 for g in exact_groups)
+    report.near_duplicates = sum(len(g) - 1 for g in all_groups) - report.exact_duplicates
+    for g in [g for g in all_groups if len(g) > 1][:3]:
+        report.duplicate_examples.append((records[g[0]].get("_source", f"[{g[0]}]"), records[g[1]].get("_source", f"[{g[1]}]")))
+    return report
+
+
+# --------------------------------------------------------------------------- splits
+
+
+class Splits(tuple):
+    """``(train, val, test)``; unpacks like a tuple and also has ``.train``, ``.val``, ``.test``, ``.report``."""
+
+    def __new__(cls, train, val, test, report=""):
+        self = super().__new__(cls, (train, val, test))
+        self.report = report
+        return self
+
+    train = property(lambda self: self[0])
+    val = property(lambda self: self[1])
+    test = property(lambda self: self[2])
+
+    def __repr__(self):
+        return f"Splits(train={len(self[0])}, val={len(self[1])}, test={len(self[2])}) - {self.report}"
+
+
+def split_records(records, val_fraction=0.1, test_fraction=0.1, seed=0, dedupe=True, near_threshold=0.8) -> Splits:
+    """Deterministic train / validation / test split that keeps copies of an example together.
+
+    With ``dedupe=True`` (default), exact and near copies (``duplicate_groups``) form one group,
+    and a whole group goes to a single split: a test question can then never have a copy in
+    training. Nothing is dropped; groups are shuffled with ``seed`` and fill test, then validation,
+    then training (a group too big for the space left goes to training). Within each split the
+    records keep their input order.
+
+    Example:
+        >>> recs = [{"text": f"record number {i} about topic {i % 7}"} for i in range(50)]
+        >>> train, val, test = split_records(recs, 0.1, 0.2, seed=1)
+        >>> len(train), len(val), len(test)
+        (35, 5, 10)
+    """
+    records = list(records)
+    if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
+        raise ValueError("need 0 <= val_fraction, test_fraction and val_fraction + test_fraction < 1")
+    groups = duplicate_groups(records, threshold=near_threshold) if dedupe else [[i] for i in range(len(records))]
+    random.Random(seed).shuffle(groups)
+    n_test, n_val = round(len(records) * test_fraction), round(len(records) * val_fraction)
+    test, val, train = [], [], []
+    for g in groups:
+        if len(test) + len(g) <= n_test:
+            test += g
+        elif len(val) + len(g) <= n_val:
+            val += g
+        else:
+            train += g
+    n_grouped = sum(len(g) for g in groups if len(g) > 1)
+    report = (f"{len(records)} records -> train {len(train)}, val {len(val)}, test {len(test)} (seed {seed}); "
+              + (f"{n_grouped} records in {sum(len(g) > 1 for g in groups)} duplicate groups kept within one split"
+                 if dedupe else "no de-duplication (copies may leak across splits)"))
+    pick = lambda idx: [records[i] for i in sorted(idx)]  # noqa: E731
+    return Splits(pick(train), pick(val), pick(test), report)
+
+
+def find_leaks(train, test, threshold=0.8) -> list[tuple[int, int, float]]:
+    """Test records with an exact or near copy in training: ``(test_index, train_index, similarity)``.
+
+    Example:
+        >>> find_leaks([{"text": "the cat sat on the mat"}], [{"text": "The cat sat on the mat."}])
+        [(0, 0, 1.0)]
+    """
+    return near_duplicate_pairs([record_text(r) for r in test], threshold, other=[record_text(r) for r in train])
+
+
+def leakage_demo(records, test_fraction=0.2, seed=0, threshold=0.8) -> dict:
+    """Compare a naive random split with ``split_records`` by counting test records that leak.
+
+    Returns ``{"naive": leaking test records, "deduped": leaking test records, "examples": [...]}``;
+    ``examples`` shows up to three leaking (test, train) pairs of the naive split.
+
+    Example:
+        >>> recs = [{"text": f"fact {i} is true"} for i in range(20)] * 2
+        >>> out = leakage_demo(recs, seed=0)
+        >>> out["naive"] > 0, out["deduped"]
+        (True, 0)
+    """
+    records = list(records)
+    naive = split_records(records, 0.0, test_fraction, seed=seed, dedupe=False)
+    clean = split_records(records, 0.0, test_fraction, seed=seed, dedupe=True, near_threshold=threshold)
+    naive_leaks = find_leaks(naive.train, naive.test, threshold)
+    clean_leaks = find_leaks(clean.train, clean.test, threshold)
+    examples = [(record_text(naive.test[i])[:80], record_text(naive.train[j])[:80], s) for i, j, s in naive_leaks[:3]]
+    return {"naive": len({i for i, _, _ in naive_leaks}), "deduped": len({i for i, _, _ in clean_leaks}), "examples": examples}
