@@ -235,6 +235,11 @@ def quantize_model_nf4(
         )
         if linear.bias is not None:
             q.bias = nn.Parameter(linear.bias.data.to(compute_dtype), requires_grad=False)
+        # On CPUs with AVX512-BF16, bitsandbytes re-packs a 4-bit weight in place the first time the layer
+        # runs in eval mode without grad, into a bf16 inference-only layout. After that, a training step
+        # goes through a kernel without a backward pass and the gradients reaching earlier LoRA layers
+        # are wrong. We fine-tune, so we keep the one layout that trains correctly.
+        q.support_avx512bf16_for_cpu = False
         # Params4bit quantises itself when moved to a device: this .to() is the quantisation step.
         q = q.to(device)
         parent_name, _, child_name = name.rpartition(".")
@@ -254,6 +259,11 @@ def dequantize_model(model: nn.Module) -> nn.Module:
 
     for name, module in list(model.named_modules()):
         if isinstance(module, bnb.nn.Linear4bit):
+            if getattr(module.weight.quant_state, "packing_format_for_cpu", False):  # see quantize_model_nf4
+                from bitsandbytes.nn.modules import _convert_weight_packed_for_cpu_inverse
+
+                module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+                    module.weight.data, module.weight.quant_state)
             weight = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state).to(module.compute_dtype)
             linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
             linear.weight = nn.Parameter(weight, requires_grad=False)
