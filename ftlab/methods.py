@@ -38,8 +38,11 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import shutil
+import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -83,6 +86,17 @@ def _base_model(model: nn.Module) -> nn.Module:
     return model
 
 
+# bitsandbytes warns on import (on CPUs with AVX512-BF16) that an optional kernel for its bf16 inference
+# layout could not be downloaded. quantize_model_nf4 switches that layout off, so the warning is noise.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+
+def _bnb():
+    import bitsandbytes
+
+    return bitsandbytes
+
+
 def is_peft_model(model: nn.Module) -> bool:
     from peft import PeftModel
 
@@ -91,8 +105,9 @@ def is_peft_model(model: nn.Module) -> bool:
 
 def is_quantized(model: nn.Module) -> bool:
     """True if any layer of the model holds 4-bit bitsandbytes weights."""
-    import bitsandbytes as bnb
-
+    if "bitsandbytes" not in sys.modules:  # nothing can be 4-bit before bitsandbytes was imported
+        return False
+    bnb = _bnb()
     return any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
 
 
@@ -203,8 +218,7 @@ def quantize_model_nf4(
         >>> type(model.model.layers[0].mlp.up_proj).__name__
         'Linear4bit'
     """
-    import bitsandbytes as bnb
-
+    bnb = _bnb()
     if is_peft_model(model):
         raise ValueError("quantize_model_nf4: quantise the base model first, then add adapters (prepare_model(..., 'qlora') does both).")
     if compute_dtype is None:
@@ -255,8 +269,7 @@ def dequantize_model(model: nn.Module) -> nn.Module:
     The result computes exactly what the 4-bit model computed (the forward pass de-quantises the same
     way), in the dtype given when quantising. Used before merging QLoRA adapters.
     """
-    import bitsandbytes as bnb
-
+    bnb = _bnb()
     for name, module in list(model.named_modules()):
         if isinstance(module, bnb.nn.Linear4bit):
             if getattr(module.weight.quant_state, "packing_format_for_cpu", False):  # see quantize_model_nf4
@@ -443,7 +456,9 @@ def _add_adapters(model, method, rank, alpha, dropout, target_modules, use_dora,
             )
         else:
             config = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=n_virtual, **peft_kwargs)
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft 0.21 calls a transformers 5 method that is deprecated: not our concern
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 # --------------------------------------------------------------------------- saving

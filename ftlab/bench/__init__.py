@@ -1,0 +1,9 @@
+"""Benchmark scripts that print numbers (speed and memory targets live here, not in timed tests).
+
+* ``python -m ftlab.bench.train``  - ftlab's loop vs transformers' Trainer, padding vs grouping vs
+  packing, and full fine-tuning throughput against the machine's measured matmul FLOP/s.
+* ``python -m ftlab.bench.memory`` - the memory estimator against measured peaks.
+* ``python -m ftlab.bench.quality`` - what fine-tuning does to task scores.
+
+Each takes ``--help``. Timings on a shared machine vary; run them on an idle one to compare.
+"""
