@@ -833,8 +833,8 @@ def rejected_answer(rng, rec):
         if out.startswith("+1-"):
             return out[3:].replace("-", " ")
         return out.replace(" | ", ", ").replace("Customer: ", "")
-    return f"I could not find that in the text, but it might be {out[::-1]}."[:80] if rng.random() < 0.3 else \
-        f"The answer is not in the context."
+    return rng.choice(["The context does not say.", "I am not sure, please check the order record.",
+                       "I cannot answer that from the information given."])
 
 
 def build_preferences(rng, n_pairs):
@@ -850,7 +850,7 @@ def build_preferences(rng, n_pairs):
 
 # --------------------------------------------------------------------------- probes (checked against the real model)
 
-# Candidate general-knowledge questions, each with accepted answer substrings (lower-case match).
+# Candidate general-knowledge questions, each with accepted answers (whole words, any case).
 # Only those SmolLM2-135M-Instruct answers correctly go into probes.jsonl (see --verify-probes).
 PROBE_CANDIDATES = [
     ("What is the capital of France?", ["paris"]),
@@ -874,7 +874,7 @@ PROBE_CANDIDATES = [
     ("What gas do humans need to breathe to survive?", ["oxygen"]),
     ("What is the chemical symbol for gold?", ["au"]),
     ("What is the boiling point of water in degrees Celsius at sea level?", ["100"]),
-    ("What is the freezing point of water in degrees Celsius?", ["0 degrees", "0°", "zero", " 0 "]),
+    ("What is the freezing point of water in degrees Celsius?", ["0", "zero"]),
     ("How many days are there in a week?", ["seven", "7"]),
     ("How many months are there in a year?", ["twelve", "12"]),
     ("How many hours are in a day?", ["24", "twenty-four"]),
@@ -902,7 +902,7 @@ PROBE_CANDIDATES = [
     ("Which language is mainly spoken in Brazil?", ["portuguese"]),
     ("Which language is spoken in Mexico?", ["spanish"]),
     ("What currency is used in Japan?", ["yen"]),
-    ("What currency is used in the United Kingdom?", ["pound"]),
+    ("What currency is used in the United Kingdom?", ["pound", "pounds", "pound sterling"]),
     ("What is the hardest natural substance?", ["diamond"]),
     ("What organ pumps blood through the human body?", ["heart"]),
     ("How many bones are in the adult human body?", ["206"]),
@@ -923,15 +923,9 @@ PROBE_CANDIDATES = [
     ("What is the smallest prime number?", ["2", "two"]),
     ("Which ocean lies between Europe and North America?", ["atlantic"]),
     ("What is the largest organ of the human body?", ["skin"]),
-    ("What do caterpillars turn into?", ["butterfl", "moth"]),
+    ("What do caterpillars turn into?", ["butterfly", "butterflies", "moth", "moths"]),
     ("How many players are on a soccer team on the field?", ["eleven", "11"]),
 ]
-
-
-def probe_correct(prediction, answers):
-    # Same rule as ftlab.course_data.score_probe (kept in sync by a test).
-    pred = " " + prediction.lower() + " "
-    return any(a.lower() in pred for a in answers)
 
 
 def generate_greedy(model, tok, conversations, max_new_tokens=64, batch_size=24, desc="generating"):
@@ -958,13 +952,14 @@ def verify_probes(out_dir):
     """Ask the real model every candidate (greedy, chat template); keep only the ones it gets right."""
     sys.path.insert(0, str(DATA_DIR.parent))
     from ftlab import load_model
+    from ftlab.course_data import score_probe
 
     model, tok = load_model("smollm2-135m-instruct", device="cpu")
     replies = generate_greedy(model, tok, [[{"role": "user", "content": q}] for q, _ in PROBE_CANDIDATES],
                               max_new_tokens=48, desc="probes")
     kept = []
     for (question, answers), reply in zip(PROBE_CANDIDATES, replies):
-        if probe_correct(reply, answers):
+        if score_probe(reply, answers):
             kept.append({"question": question, "answers": answers, "base_answer": reply})
         else:
             print(f"  dropped: {question!r} -> {reply[:100]!r}")

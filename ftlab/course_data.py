@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from ftlab.metrics import exact_match, json_field_accuracy, token_f1
@@ -152,15 +153,21 @@ def score_example(task: str, prediction: str, reference: str) -> float:
 
 
 def score_probe(prediction: str, answers: list[str]) -> bool:
-    """True if any accepted answer appears in the prediction (case-insensitive substring).
+    """True if any accepted answer occurs in the prediction as a whole word or phrase (any case).
 
     Probe answers are free-form sentences ("The capital of France is Paris."), so we look for the
-    key word instead of comparing whole strings. Numbers like "0" are stored with spaces around
-    them (" 0 ") so they only match as a whole word; the prediction is padded with spaces for that.
+    key word rather than compare whole strings. "Whole word" matters for numbers: the answer "7"
+    must not be found inside "129.9999967527" -- a digit, letter or decimal point next to the
+    match disqualifies it.
 
     Example:
         >>> score_probe("The capital of France is Paris.", ["paris"])
         True
+        >>> score_probe("There are 17 of them.", ["7", "seven"])
+        False
     """
-    padded = " " + prediction.lower() + " "
-    return any(a.lower() in padded for a in answers)
+    for answer in answers:
+        pattern = r"(?<![\w.])" + re.escape(answer.strip()) + r"(?![\w]|\.\d)"
+        if re.search(pattern, prediction, flags=re.IGNORECASE):
+            return True
+    return False
