@@ -307,6 +307,10 @@ def prepare_examples(data, tokenizer, config: TrainConfig, what: str = "train_da
                 raise ValueError(f"train(): {what}[{i}] has {len(r['input_ids'])} tokens > max_length="
                                  f"{config.max_length}. Fix: raise max_length or tokenise with max_length.")
         return data
+    if not all(isinstance(r, dict) and ("messages" in r or "text" in r) for r in data):
+        from ftlab.data import load_records  # raw records: convert (and validate) them all at once
+
+        data = load_records(data)
     return tokenize_dataset(data, tokenizer, max_length=config.max_length, train_on=config.train_on, verbose=True)
 
 
@@ -436,8 +440,9 @@ def train(model, tokenizer, train_data, eval_data=None, config: TrainConfig | No
         train_data, eval_data: a file path, tokenised examples, or records in any format ftlab reads.
         config: a :class:`TrainConfig`; keyword ``overrides`` replace single fields
             (``train(m, t, data, config=cfg, lr=1e-4)``).
-        callbacks: objects with ``on_step(record)`` / ``on_end(result)`` (e.g. ``ftlab.tracking.LivePlot``)
-            or plain functions called with each step's record. Returning True stops the run.
+        callbacks: objects with ``on_step(record)``, ``on_gradients(model)`` (after clipping, before the
+            update) and ``on_end(result)`` methods (e.g. ``ftlab.tracking.LivePlot``), or plain functions
+            called with each step's record. ``on_step`` returning True stops the run.
 
     Example:
         >>> result = train(model, tok, "data/train.jsonl", config=TrainConfig(max_steps=20))   # doctest: +SKIP
@@ -584,6 +589,7 @@ def train(model, tokenizer, train_data, eval_data=None, config: TrainConfig | No
                     raise _diverged(step + 1, "loss", loss, config)
                 if not math.isfinite(grad_norm):
                     raise _diverged(step + 1, "gradient norm", grad_norm, config)
+                _callback(callbacks, "on_gradients", raw_model)  # e.g. to look at the gradients
                 lr = scheduler.get_last_lr()[0]  # the lr this update uses
                 optimizer.step()
                 scheduler.step()
