@@ -1,0 +1,336 @@
+"""The course in a real browser: JupyterLab + headless Chromium, a notebook run, a slider moved.
+
+nbval proves that every notebook's code runs; it cannot prove that the widgets render and react in
+JupyterLab (the front-end extension, the kernel comms, the inline plots). This test does, the way
+a learner would: it starts JupyterLab on localhost, opens a notebook in Debian's Chromium driven by
+Playwright, runs all cells from the Run menu, moves a slider with the keyboard and checks that the
+printed numbers and the plot changed. Screenshots land in ``artifacts/browser/``.
+
+Chromium comes from ``scripts/install_browser.sh`` (``make browser``); Playwright never downloads
+its own browser here. Run it alone with::
+
+    FTLAB_PROFILE=ci .venv/bin/python -m pytest -q -m browser tests/test_browser.py
+
+To drive a course notebook instead of the built-in demo, add a ``BrowserCase`` to ``CASES``: the
+notebook's path, the description of the slider to move, and how many arrow-key presses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "artifacts" / "browser"
+CHROMIUM = Path(os.environ.get("FTLAB_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_FLAGS = [
+    "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
+    "--disable-gpu",
+    "--disable-dev-shm-usage",  # containers often have a tiny /dev/shm
+    "--disable-background-networking",  # nothing may reach the network
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@dataclass(frozen=True)
+class BrowserCase:
+    name: str  # used in screenshot file names
+    notebook: Path | None  # None: the demo notebook written by demo_notebook()
+    slider: str  # the slider's description label, e.g. "steps"
+    presses: int = 5  # ArrowRight presses on the slider's handle
+    run_timeout_s: float = 60  # how long "Run All" may take until the slider's output is drawn
+
+
+CASES = [
+    BrowserCase("demo", None, slider="steps", presses=5),
+    # BrowserCase("02_loss_math", ROOT / "notebooks" / "02_loss_math.ipynb", slider="warmup", presses=5),
+]
+# Any notebook from the command line, e.g. while writing one:
+#   FTLAB_BROWSER_NOTEBOOK=notebooks/02_loss_math.ipynb FTLAB_BROWSER_SLIDER=warmup pytest -m browser
+if os.environ.get("FTLAB_BROWSER_NOTEBOOK"):
+    _path = Path(os.environ["FTLAB_BROWSER_NOTEBOOK"]).resolve()
+    CASES = [BrowserCase(_path.stem, _path, slider=os.environ.get("FTLAB_BROWSER_SLIDER", ""),
+                         presses=int(os.environ.get("FTLAB_BROWSER_PRESSES", "5")),
+                         run_timeout_s=float(os.environ.get("FTLAB_BROWSER_TIMEOUT", "120")))]
+
+
+def demo_notebook(path: Path) -> Path:
+    """A small notebook shaped like a course notebook: profile set-up cell, one slider, a plot."""
+    cells = [
+        nbformat.v4.new_markdown_cell("# Browser test demo\nA slider drives a printed number and a plot."),
+        nbformat.v4.new_code_cell("import ftlab\nprofile = ftlab.get_profile()\nprint('profile:', profile.name)"),
+        nbformat.v4.new_code_cell(
+            "import ipywidgets as widgets\n"
+            "import matplotlib.pyplot as plt\n"
+            "\n"
+            "def show(steps=10):\n"
+            "    total = sum(range(steps + 1))\n"
+            "    print(f'steps={steps} total={total}')\n"
+            "    fig, ax = plt.subplots(figsize=(4, 2.5))\n"
+            "    ax.plot(range(steps + 1), [k * k for k in range(steps + 1)], marker='o')\n"
+            "    ax.set_title(f'{steps} steps')\n"
+            "    plt.show()\n"
+            "    return total\n"
+            "\n"
+            "assert show(4) == 10  # the function behind the slider, checked without a browser\n"
+            "\n"
+            "def explore(steps=10):\n"
+            "    show(steps)  # (interact() would also print show's return value)\n"
+            "\n"
+            "widgets.interact(explore, steps=widgets.IntSlider(value=10, min=1, max=40, description='steps'));"
+        ),
+    ]
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 2.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (localhost only)
+        return response.read()
+
+
+class JupyterLab:
+    """JupyterLab on 127.0.0.1 with a random token, serving ``root``; isolated config and state."""
+
+    def __init__(self, root: Path, state: Path):
+        self.root, self.port, self.token = root, _free_port(), secrets.token_hex(16)
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ)
+        env.update(
+            # Fresh config/runtime/workspace dirs: nothing from the user's own JupyterLab leaks in,
+            # and the test leaves nothing behind. Lab extensions still come from the venv.
+            JUPYTER_CONFIG_DIR=str(state / "config"),
+            JUPYTER_RUNTIME_DIR=str(state / "runtime"),
+            JUPYTERLAB_SETTINGS_DIR=str(state / "settings"),
+            JUPYTERLAB_WORKSPACES_DIR=str(state / "workspaces"),
+            FTLAB_PROFILE=os.environ.get("FTLAB_PROFILE", "ci"),
+            MPLBACKEND="module://matplotlib_inline.backend_inline",
+        )
+        # No "get notified about Jupyter news?" toast over the notebook (and no news fetch).
+        notification = state / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+        notification.parent.mkdir(parents=True, exist_ok=True)
+        notification.write_text(json.dumps({"fetchNews": "false"}))
+        self.log = state / "jupyterlab.log"
+        self._log_file = self.log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={self.port}", "--ip=127.0.0.1",
+             f"--ServerApp.root_dir={root}", f"--IdentityProvider.token={self.token}",
+             "--ServerApp.port_retries=0",
+             # no calls home: no news feed, no update check
+             "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+             "--LabApp.extension_manager=readonly"]
+            # CI containers run as root; JupyterLab refuses that unless told.
+            + (["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []),
+            cwd=root, env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
+        )
+
+    def url(self, path: str) -> str:
+        return f"{self.base}/{path}?token={self.token}"
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"JupyterLab exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                json.loads(_get(self.url("api/status")))
+                return
+            except OSError:
+                time.sleep(0.3)
+        raise TimeoutError(f"JupyterLab did not answer within {timeout:.0f} s:\n{self.log.read_text()[-3000:]}")
+
+    def kernel_idle(self) -> bool:
+        return all(k["execution_state"] == "idle" for k in json.loads(_get(self.url("api/kernels"))))
+
+    def wait_kernel_connected(self, timeout: float = 60) -> None:
+        """Until the notebook's kernel is idle and the browser holds its websocket (code sent before is lost)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            kernels = json.loads(_get(self.url("api/kernels")))
+            if any(k["execution_state"] == "idle" and k["connections"] > 0 for k in kernels):
+                return
+            time.sleep(0.3)
+        raise TimeoutError(f"no connected idle kernel after {timeout:.0f} s: {kernels}")
+
+    def shutdown(self) -> None:
+        """Ask the server to stop (it shuts its kernels down too); kill it only if it will not."""
+        if self.proc.poll() is None:
+            try:
+                request = urllib.request.Request(self.url("api/shutdown"), method="POST")
+                urllib.request.urlopen(request, timeout=5).close()  # noqa: S310
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+        self._log_file.close()
+
+
+# The slider labelled `label`, the output area that belongs to it (an interact() box's Output
+# widget, else the whole cell output holding the slider), and what that output shows.
+_STATE_JS = """(label) => {
+    const lab = [...document.querySelectorAll('.widget-slider .widget-label')]
+        .find(l => l.textContent.trim() === label);
+    if (!lab) return null;
+    const box = lab.closest('.widget-interact') || lab.closest('.jp-OutputArea-output');
+    const out = (box.querySelector('.widget-output') || box).cloneNode(true);
+    // the controls' own labels and readouts are not "output": drop them before reading the text
+    out.querySelectorAll('.widget-slider, .widget-label, .widget-readout').forEach(e => e.remove());
+    return {
+        readout: lab.closest('.widget-slider').querySelector('.widget-readout').textContent.trim(),
+        text: out.textContent.replace(/\s+/g, ' ').trim(),
+        images: [...out.querySelectorAll('img')].map(img => img.src),
+    };
+}"""
+
+
+def _output_state(page, slider: str) -> dict | None:
+    """What the slider shows and what its output area shows now (None: no such slider yet)."""
+    state = page.evaluate(_STATE_JS, slider)
+    if state is not None:
+        # Plots as short fingerprints of their PNG data URLs, readable in a failure message.
+        state["images"] = [hashlib.sha256(src.encode()).hexdigest()[:12] for src in state["images"]]
+    return state
+
+
+def _wait_for_state(page, slider: str, ready, timeout: float, what: str) -> dict:
+    """Poll the slider's output state until ``ready(state)``; fail with ``what`` and the last state."""
+    deadline, state = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        state = _output_state(page, slider)
+        if state is not None and ready(state):
+            return state
+        page.wait_for_timeout(250)
+    raise TimeoutError(f"{what} within {timeout:.0f} s (last state: {state})")
+
+
+def _settled_state(page, lab: "JupyterLab", slider: str, timeout: float = 30) -> dict:
+    """Each key press may re-run the widget's function: wait until the kernel is idle and the
+    output stopped changing, so the state returned belongs to the slider's final value."""
+    deadline = time.monotonic() + timeout
+    last = _output_state(page, slider)
+    while time.monotonic() < deadline:
+        page.wait_for_timeout(500)
+        now = _output_state(page, slider)
+        if now == last and lab.kernel_idle():
+            return now
+        last = now
+    raise TimeoutError(f"the output kept changing for {timeout:.0f} s after the slider moved")
+
+
+@pytest.fixture(scope="module")
+def chromium_path():
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing. Fix: run `bash scripts/install_browser.sh` (make browser), "
+                    "or set FTLAB_CHROMIUM to your Chromium.")
+    return str(CHROMIUM)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_slider_changes_output_in_jupyterlab(case: BrowserCase, chromium_path, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for old in ARTIFACTS.glob(f"{case.name}_*"):
+        old.unlink()
+
+    # A temporary copy laid out like the repository (notebooks/ next to data/), so running it
+    # never writes outputs into the repository's notebooks and relative paths still work.
+    root = tmp_path / "lab"
+    (root / "notebooks").mkdir(parents=True)
+    if case.notebook is None:
+        notebook = demo_notebook(root / "notebooks" / "demo.ipynb")
+    else:
+        notebook = Path(shutil.copy(case.notebook, root / "notebooks" / case.notebook.name))
+        if (ROOT / "data").is_dir():
+            (root / "data").symlink_to(ROOT / "data")
+    lab = JupyterLab(root, tmp_path / "state")
+    console: list[str] = []
+    try:
+        lab.wait_ready()
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium_path, headless=True, args=CHROMIUM_FLAGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+            page.set_default_timeout(30_000)
+            try:
+                page.goto(lab.url(f"lab/tree/notebooks/{notebook.name}"))
+                page.locator(".jp-NotebookPanel .jp-Cell").first.wait_for()
+                # Wait for the kernel: started, idle, and connected to this page.
+                lab.wait_kernel_connected()
+                page.locator(".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(
+                    timeout=60_000)
+
+                page.locator(".lm-MenuBar-item", has_text="Run").click()
+                page.locator(".lm-Menu-item[data-command='runmenu:run-all']").click()
+
+                # The slider is there once the widget manager rendered the widget and its output.
+                before = _wait_for_state(page, case.slider, lambda st: st["images"] or st["text"],
+                                         case.run_timeout_s, f"no slider {case.slider!r} with output appeared")
+                slider = page.locator(".widget-slider").filter(has=page.get_by_text(case.slider, exact=True)).first
+                widget = page.locator(".jp-OutputArea-output").filter(has=slider).last  # slider + its output
+                widget.scroll_into_view_if_needed()
+                page.screenshot(path=ARTIFACTS / f"{case.name}_1_before.png")
+                widget.screenshot(path=ARTIFACTS / f"{case.name}_1_before_widget.png")
+
+                # Move the slider the way a keyboard user would: focus its handle, press the arrows.
+                slider.locator(".noUi-handle").first.focus()
+                for _ in range(case.presses):
+                    page.keyboard.press("ArrowRight")
+                _wait_for_state(page, case.slider, lambda st: st["readout"] != before["readout"], 10,
+                                "the slider's value did not change after the key presses")
+                after = _settled_state(page, lab, case.slider)
+                widget.scroll_into_view_if_needed()
+                page.screenshot(path=ARTIFACTS / f"{case.name}_2_after.png")
+                widget.screenshot(path=ARTIFACTS / f"{case.name}_2_after_widget.png")
+            except Exception:
+                # Keep what the browser showed, and its console, for whoever reads the CI log.
+                page.screenshot(path=ARTIFACTS / f"{case.name}_failure.png")
+                (ARTIFACTS / f"{case.name}_failure_console.txt").write_text("\n".join(console))
+                shutil.copy(lab.log, ARTIFACTS / f"{case.name}_failure_jupyterlab.log")
+                raise
+            finally:
+                browser.close()
+    finally:
+        lab.shutdown()
+
+    assert after["readout"] != before["readout"], f"the slider did not move from {before['readout']}"
+    assert (after["images"], after["text"]) != (before["images"], before["text"]), (
+        f"moving the slider from {before['readout']} to {after['readout']} changed neither the plot nor the "
+        f"printed output: {after}")
+    if case.notebook is None:  # the demo: both must change, and its numbers are known exactly
+        steps = int(after["readout"])
+        assert steps == 10 + case.presses
+        assert after["text"] == f"steps={steps} total={steps * (steps + 1) // 2}", after["text"]
+        assert len(after["images"]) == 1 and after["images"] != before["images"], "the demo's plot did not change"
+    assert lab.proc.returncode is not None, "JupyterLab is still running after shutdown"
