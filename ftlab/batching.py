@@ -304,3 +304,23 @@ def measure_packing_effect(model, examples, max_length=None) -> dict:
     if was_training:
         model.train()
     return result
+
+
+def compare_strategies(examples, batch_size, max_length=None, seed=0, pad_token_id=0) -> dict:
+    """Padding waste, number of batches and padded row length of each strategy on the same examples.
+
+    Example:
+        >>> exs = [{"input_ids": [1] * n, "labels": [1] * n} for n in (2, 30, 3, 29, 4, 31, 5, 28)]
+        >>> {s: r["padding_waste"] for s, r in compare_strategies(exs, 2, 64).items()}
+        {'pad': 0.441, 'group': 0.029, 'pack': 0.312}
+    """
+    out = {}
+    for strategy in STRATEGIES:
+        batches = make_batches(examples, batch_size, strategy, max_length=max_length, seed=seed, pad_token_id=pad_token_id)
+        out[strategy] = {
+            "padding_waste": round(padding_waste(batches), 3),
+            "batches": len(batches),
+            "token_slots": sum(b["input_ids"].numel() for b in batches),
+            "mean_row_length": round(sum(b["input_ids"].shape[1] for b in batches) / max(1, len(batches)), 1),
+        }
+    return out

@@ -522,7 +522,15 @@ def load_records(source, format=None, field_map=None, validate=True, on_invalid=
         if isinstance(raw, dict) and isinstance(raw.get("_source"), str):
             loc = _loc_from_source(raw, loc.number)  # records read earlier keep their origin
         # The format is decided per record, so a list that mixes formats still loads.
-        fmt = format or detect_format({field_map.get(k, k): v for k, v in raw.items()} if isinstance(raw, dict) else raw)
+        mapped = {field_map.get(k, k): v for k, v in raw.items()} if isinstance(raw, dict) else raw
+        fmt = format or detect_format(mapped)
+        if format is None and isinstance(raw, dict) and {"chosen", "rejected"} <= set(mapped) and "completion" not in mapped:
+            problems.append(loc.problem(
+                "(record)", "this is a preference pair (prompt/chosen/rejected), made for preference tuning such as DPO",
+                "to fine-tune on the preferred answers, load it with field_map={'chosen': 'completion'} "
+                "('rejected' is then kept as an extra field)"))
+            bad += 1
+            continue
         if fmt is None and isinstance(raw, dict):
             keys = sorted(str(k) for k in raw if not str(k).startswith("_"))
             problems.append(loc.problem(

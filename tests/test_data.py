@@ -339,3 +339,18 @@ def test_naive_split_leaks_and_the_demo_shows_it():
     assert len(find_leaks(naive.train, naive.test)) > 0
     demo = leakage_demo(recs, test_fraction=0.2, seed=0)
     assert demo["naive"] > 0 and demo["deduped"] == 0 and demo["examples"]
+
+
+def test_preference_pairs_get_a_pointed_error_and_a_way_in():
+    row = {"prompt": "Say hi", "chosen": "Hi!", "rejected": "Go away."}
+    with pytest.raises(DataValidationError, match=r"records\[0\], field '\(record\)': this is a preference pair"):
+        load_records([row])
+    rec = load_records([row], field_map={"chosen": "completion"})[0]
+    assert rec["messages"][1]["content"] == "Hi!" and rec["rejected"] == "Go away."
+
+
+def test_empty_file_is_an_error(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n\n")
+    with pytest.raises(DataValidationError, match="no records found"):
+        load_records(path)
