@@ -806,8 +806,9 @@ def _histogram(values, bins):
 def summarize_dataset(records, tokenizer=None, max_length=None, near_threshold=0.8, template=None, train_on="assistant") -> DataReport:
     """Count what is in the data - formats, roles, tasks, token lengths, too-long examples, duplicates.
 
-    With a tokenizer, each record is rendered through the same template as for training, so the
-    lengths are the real training lengths. The report only describes; use ``drop_duplicates`` or
+    ``records`` are canonical records (or a path, which is loaded first). With a tokenizer, each
+    record is rendered through the same template as for training, so the lengths are the real
+    training lengths. The report only describes; use ``drop_duplicates`` or
     ``tokenize_example(..., max_length=...)`` to act on it.
 
     Example:
@@ -815,6 +816,8 @@ def summarize_dataset(records, tokenizer=None, max_length=None, near_threshold=0
         >>> rep.n_records, rep.exact_duplicates
         (2, 1)
     """
+    if isinstance(records, (str, Path)):
+        records = load_records(records)
     records = list(records)
     formats, roles, tasks, turns = Counter(), Counter(), Counter(), Counter()
     for r in records:

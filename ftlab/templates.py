@@ -253,11 +253,14 @@ def tokenize_example(record, tokenizer, max_length=None, train_on="assistant", t
     return {"input_ids": input_ids, "labels": labels, "truncated": truncated}
 
 
-def tokenize_dataset(records, tokenizer, max_length=None, train_on="assistant", template=None, progress=None, verbose=True) -> list[dict]:
-    """``tokenize_example`` over many records, with a progress bar and a truncation count.
+def tokenize_dataset(records, tokenizer, max_length=None, train_on="assistant", template=None, progress=None,
+                     verbose=True, on_too_long="truncate") -> list[dict]:
+    """``tokenize_example`` over many records, with a progress bar and a count of what was cut.
 
     ``progress=None`` shows a bar for 500 records or more. With ``max_length``, examples longer
-    than that are cut (explicitly: the count is printed, and each example carries ``"truncated"``).
+    than that are handled by ``on_too_long``: ``"truncate"`` (cut them; each carries its
+    ``"truncated"`` count), ``"drop"`` (leave them out) or ``"error"``. Either way the number is
+    printed - never silent.
 
     Example:
         >>> from ftlab import load_tokenizer
@@ -267,16 +270,27 @@ def tokenize_dataset(records, tokenizer, max_length=None, train_on="assistant", 
     """
     from tqdm.auto import tqdm
 
+    if on_too_long not in ("truncate", "drop", "error"):
+        raise ValueError(f"on_too_long={on_too_long!r}; use 'truncate', 'drop' or 'error'")
     records = list(records)
     show = len(records) >= 500 if progress is None else progress
     examples = [
         tokenize_example(r, tokenizer, max_length=max_length, train_on=train_on, template=template)
         for r in tqdm(records, desc="tokenising", disable=not show)
     ]
-    n_cut = sum(1 for e in examples if e["truncated"])
+    too_long = [i for i, e in enumerate(examples) if e["truncated"]]
+    if too_long and on_too_long == "error":
+        where = [records[i].get("_source", f"record {i}") if isinstance(records[i], dict) else f"record {i}" for i in too_long[:5]]
+        raise ValueError(f"{len(too_long)} examples are longer than max_length={max_length} tokens (e.g. {', '.join(where)}). "
+                         "Fix: raise max_length, or choose on_too_long='truncate' or 'drop'.")
+    if too_long and on_too_long == "drop":
+        cut = set(too_long)
+        examples = [e for i, e in enumerate(examples) if i not in cut]
+        if verbose:
+            print(f"[ftlab] dropped {len(too_long)} of {len(records)} examples longer than {max_length} tokens (on_too_long='drop').")
+    elif too_long and verbose:
+        print(f"[ftlab] {len(too_long)} of {len(records)} examples were longer than {max_length} tokens and were truncated.")
     n_empty = sum(1 for e in examples if all(l == IGNORE_INDEX for l in e["labels"]))
-    if verbose and n_cut:
-        print(f"[ftlab] {n_cut} of {len(examples)} examples were longer than {max_length} tokens and were truncated.")
     if verbose and n_empty:
         print(f"[ftlab] warning: {n_empty} examples have no trained token left (they add nothing to the loss).")
     return examples

@@ -150,6 +150,14 @@ def test_truncation_is_explicit_and_counted(tok, capsys):
     assert "2 of 3 examples were longer than 20 tokens" in out and "no trained token left" in out
 
 
+def test_too_long_examples_can_be_dropped_or_refused_instead(tok, capsys):
+    kept = tokenize_dataset([MULTI, SINGLE, {"text": "short"}], tok, max_length=20, on_too_long="drop")
+    assert len(kept) == 1 and kept[0]["truncated"] == 0
+    assert "dropped 2 of 3 examples longer than 20 tokens" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="2 examples are longer than max_length=20"):
+        tokenize_dataset([MULTI, SINGLE], tok, max_length=20, on_too_long="error")
+
+
 def test_mask_prompt_tokens():
     assert mask_prompt_tokens([1, 2, 3], [True, False, True]) == [1, IGNORE_INDEX, 3]
 
