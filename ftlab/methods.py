@@ -377,7 +377,9 @@ def prepare_model(
             last quarter, at least one). The final norm is trained too; embeddings and the output
             head (tied to the embeddings in SmolLM2) stay frozen.
         num_virtual_tokens, prompt_init_text, tokenizer: prompt tuning: how many virtual tokens, and
-            optionally a text whose token embeddings initialise them (needs ``tokenizer``).
+            optionally a text whose token embeddings initialise them (needs ``tokenizer``). Prompt
+            tuning cannot be combined with packed batches: peft drops ``position_ids`` for it, and
+            without them packed examples would attend to each other.
         double_quant, compute_dtype: QLoRA's quantisation (see :func:`quantize_model_nf4`).
         **peft_kwargs: passed to peft's config (e.g. ``modules_to_save=["lm_head"]``, ``init_lora_weights``).
 
@@ -433,6 +435,13 @@ def _add_adapters(model, method, rank, alpha, dropout, target_modules, use_dora,
 
     if method == "qlora" and not is_quantized(model):
         model = quantize_model_nf4(model, double_quant=double_quant, compute_dtype=compute_dtype)
+    elif method == "qlora" and getattr(model, "hf_quantizer", None) is not None:
+        # Loaded in 4 bits by transformers (load_model_4bit, CUDA): the QLoRA recipe keeps the few
+        # remaining 16-bit weights (norms, embeddings) in fp32 for stable training. (GPU path; the CPU
+        # path above already runs in fp32.)
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if method in ("lora", "qlora"):
         if rank < 1:
             raise ValueError(f"prepare_model: lora_rank must be >= 1, got {rank}.")
