@@ -9,7 +9,8 @@ format, and returns *canonical records*:
 * plain text - ``{"text": "...", ...}`` - for continued pre-training.
 
 Every other field (``task``, ``id`` ...) is kept unchanged; ``_source`` says where the record came
-from (``"train.jsonl:7"`` = line 7) and ``_format`` which format it was read as.
+from (``"train.jsonl:7"`` = line 7 of a JSONL/CSV file, ``"train.json#3"`` = the 3rd record of a
+JSON/Parquet file, ``"records[0]"`` = index 0 of a list) and ``_format`` which format it was read as.
 
 Bad data is the commonest reason a fine-tune fails, so problems are collected, not skipped: each
 names the file, the line or record, the field, what is wrong and how to fix it, and

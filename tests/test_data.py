@@ -354,3 +354,11 @@ def test_empty_file_is_an_error(tmp_path):
     path.write_text("\n\n")
     with pytest.raises(DataValidationError, match="no records found"):
         load_records(path)
+
+
+def test_csv_cell_holding_a_json_conversation(tmp_path):
+    path = tmp_path / "chat.csv"
+    conv = json.dumps([{"role": "user", "content": "hi, you"}, {"role": "assistant", "content": "hello"}])
+    path.write_text("messages,task\n" + '"' + conv.replace('"', '""') + '",qa\n')
+    rec = load_records(path)[0]
+    assert rec["messages"][1]["content"] == "hello" and rec["task"] == "qa"

@@ -181,3 +181,25 @@ def test_token_view_marks_trained_and_masked_tokens(tok):
     assert f"{n_trained} of {len(ex['input_ids'])} tokens trained" in page
     assert "↵" in page and "&lt;|im_start|&gt;" in page  # newlines visible, HTML escaped
     assert render_token_view(SINGLE, tok).data.count("label=") == len(tokenize_example(SINGLE, tok)["input_ids"])
+
+
+class _SlowTokenizer:
+    """A tokenizer without offset mappings (like Python 'slow' tokenizers), wrapping the real one."""
+
+    is_fast = False
+
+    def __init__(self, tok):
+        self._tok = tok
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+    def __call__(self, text, add_special_tokens=True, **kwargs):
+        assert "return_offsets_mapping" not in kwargs
+        return self._tok(text, add_special_tokens=add_special_tokens)
+
+
+@pytest.mark.parametrize("template", [None, "fallback"])
+def test_tokenizers_without_offsets_mask_the_same_text(tok, template):
+    ex = tokenize_example(MULTI, _SlowTokenizer(tok), template=template)
+    assert trained_runs(ex, tok) == ["Seven.<|im_end|>", "Two.\nIt is the only even prime.<|im_end|>"]
