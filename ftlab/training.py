@@ -368,7 +368,7 @@ def _make_accelerator(config: TrainConfig, device: torch.device):
     if config.optimizer == "adamw_8bit" and not cuda:
         raise ValueError("TrainConfig: optimizer='adamw_8bit' needs a CUDA GPU (bitsandbytes has no CPU "
                          "kernels for it). Fix: optimizer='adamw' on this machine.")
-    if not PartialState().use_distributed:
+    if not PartialState(cpu=device.type == "cpu").use_distributed:  # (first call sets up the processes)
         # In a notebook, train() may run many times with different settings; Accelerate keeps
         # one global state per process, so start each single-process run from a clean one.
         AcceleratorState._reset_state()
@@ -700,12 +700,13 @@ def cli_main(argv=None) -> int:
         parser.error(f"{args.config}: needs 'model' (e.g. smollm2-135m-instruct) and 'train_file' for the command line.")
     from accelerate import PartialState
 
-    from ftlab.models import load_model
+    from ftlab.models import load_model, pick_device
 
     # Under `accelerate launch`, every process loads the model straight onto its own device.
-    model, tokenizer = load_model(config.model, device=PartialState().device)
+    state = PartialState(cpu=pick_device().type == "cpu")
+    model, tokenizer = load_model(config.model, device=state.device)
     result = train(model, tokenizer, config.train_file, config.eval_file, config=config)
-    if PartialState().is_main_process:
+    if state.is_main_process:
         last = result.train_history[-1] if result.train_history else {}
         print(f"[ftlab] done in {result.wall_time_s:.1f} s: {len(result.train_history)} logged steps, "
               f"final loss {last.get('loss', float('nan')):.4f}, best val loss {result.best_val_loss}; "
