@@ -22,7 +22,6 @@ never saw during training. Every record carries its template id in ``template``.
 from __future__ import annotations
 
 import argparse
-import calendar
 import datetime as dt
 import json
 import random
@@ -76,7 +75,10 @@ CITIES = ["Lyon", "Porto", "Leeds", "Graz", "Aarhus", "Bilbao", "Utrecht", "Krak
 CARRIERS = ["ParcelGo", "SwiftShip", "NorthPost", "Bluebird Express", "RapidCrate"]
 STATUSES = ["processing", "shipped", "delivered", "returned", "on hold"]
 NUM_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
-MONTHS = list(calendar.month_name)[1:]
+# Spelled out rather than taken from calendar/strftime, which follow the machine's locale.
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
+          "October", "November", "December"]
+WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 
 
 def split_pool(items, n_test):
@@ -405,7 +407,7 @@ DATE_FORMATS = split_pool([
     lambda d: f"{MONTHS[d.month - 1][:3]} {ordinal(d.day)} {d.year}",
     lambda d: f"{d.year}/{d.month:02d}/{d.day:02d}",
     lambda d: f"the {ordinal(d.day)} of {MONTHS[d.month - 1]}, {d.year}",
-    lambda d: f"{d.strftime('%A')}, {MONTHS[d.month - 1]} {d.day}, {d.year}",
+    lambda d: f"{WEEKDAYS[d.weekday()]}, {MONTHS[d.month - 1]} {d.day}, {d.year}",
     lambda d: f"{MONTHS[d.month - 1].lower()} {d.day} {d.year}",
     lambda d: f"{d.day}.{d.month}.{d.year} (day.month.year)",
     # test only
@@ -599,12 +601,6 @@ def record(instruction, input_text, output, task, split, template_index, prefix=
 
 
 MAKERS = {"extract_json": make_extract, "classify": make_classify, "rewrite": make_rewrite, "qa": make_qa}
-
-
-def _key(rec):
-    """Exact-duplicate key: the prompt and answer with case, spacing and punctuation ignored."""
-    text = f"{rec['instruction']} {rec['input']} {rec['output']}".lower()
-    return re.sub(r"[^a-z0-9]+", " ", text).strip()
 
 
 def _input_key(rec):
@@ -1025,8 +1021,12 @@ def print_stats(out_dir):
                                                        {"role": "assistant", "content": r["chosen"]}]) for r in rows])
 
 
-def score_base(out_dir, per_task):
-    """Greedy answers of the base SmolLM2-135M-Instruct on the first ``per_task`` test examples of each task."""
+def score_base(out_dir, per_task, batch_size=16, log_path=None):
+    """Greedy answers of the base SmolLM2-135M-Instruct on the first ``per_task`` test examples of each task.
+
+    Tasks are interleaved and every batch's predictions are appended to ``log_path`` as JSONL, so a
+    run stopped early still leaves a usable (smaller) sample.
+    """
     sys.path.insert(0, str(DATA_DIR.parent))
     import time
 
@@ -1034,13 +1034,21 @@ def score_base(out_dir, per_task):
     from ftlab.course_data import score_example
 
     rows = [json.loads(line) for line in open(Path(out_dir) / "instructions" / "test.jsonl", encoding="utf-8")]
-    chosen = []
-    for task in TASKS:
-        chosen += [r for r in rows if r["task"] == task][:per_task]
+    by_task = [[r for r in rows if r["task"] == task][:per_task] for task in TASKS]
+    chosen = [group[i] for i in range(per_task) for group in by_task if i < len(group)]
     model, tok = load_model("smollm2-135m-instruct", device="cpu")
     t0 = time.time()
-    preds = generate_greedy(model, tok, [[{"role": "user", "content": f"{r['instruction']}\n\n{r['input']}"}]
-                                         for r in chosen], max_new_tokens=64, desc="base model")
+    preds = []
+    for start in range(0, len(chosen), batch_size):
+        batch = chosen[start:start + batch_size]
+        preds += generate_greedy(model, tok, [[{"role": "user", "content": f"{r['instruction']}\n\n{r['input']}"}]
+                                              for r in batch], max_new_tokens=48, batch_size=batch_size,
+                                 desc=f"base model {start + len(batch)}/{len(chosen)}")
+        if log_path:
+            with open(log_path, "a", encoding="utf-8") as f:
+                for r, p in zip(batch, preds[-len(batch):]):
+                    f.write(json.dumps({"task": r["task"], "template": r["template"], "output": r["output"],
+                                        "prediction": p, "score": score_example(r["task"], p, r["output"])}) + "\n")
     scores = {t: [] for t in TASKS}
     for r, pred in zip(chosen, preds):
         scores[r["task"]].append(score_example(r["task"], pred, r["output"]))
@@ -1052,9 +1060,6 @@ def score_base(out_dir, per_task):
     for task in TASKS:
         for r, pred in [(r, p) for r, p in zip(chosen, preds) if r["task"] == task][:3]:
             print(f"  [{task}] expected {r['output']!r}\n      got {pred[:160]!r}")
-    if out_dir is not None:
-        write_jsonl(Path("/tmp") / "ftlab_base_predictions.jsonl",
-                    [{"task": r["task"], "output": r["output"], "prediction": p} for r, p in zip(chosen, preds)])
 
 
 def main(argv=None):
@@ -1068,6 +1073,7 @@ def main(argv=None):
     p.add_argument("--stats", action="store_true", help="print token-length statistics (loads the tokenizer)")
     p.add_argument("--verify-probes", action="store_true", help="rewrite probes.jsonl by asking the real model")
     p.add_argument("--score-base", type=int, metavar="N", help="score the base model on N test examples per task")
+    p.add_argument("--score-log", type=Path, help="append the base model's predictions here (JSONL)")
     args = p.parse_args(argv)
     sizes = {k: round(v * args.scale) for k, v in SIZES.items()}
     for k in sizes:
@@ -1079,7 +1085,7 @@ def main(argv=None):
         if args.stats:
             print_stats(args.out)
         if args.score_base:
-            score_base(args.out, args.score_base)
+            score_base(args.out, args.score_base, log_path=args.score_log)
         return
     if args.verify_probes:
         return
