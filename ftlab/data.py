@@ -299,12 +299,14 @@ def _convert(raw, loc: _Loc, fmt: str, field_map: dict):
         if key in obj:
             obj[key] = _maybe_json(obj[key])
 
-    system = conv.string(obj, "system", required=False, what="system prompt") if fmt != "chat" else None
-    messages = [{"role": "system", "content": system}] if system and system.strip() else []
     if fmt == "text":
         text = conv.string(obj, "text", what="document text")
         rest = {k: v for k, v in obj.items() if k not in _FIELDS[fmt]}
         return ({"text": text, **rest, "_format": fmt} if text is not None else None), conv.problems
+
+    # Instruction, prompt/completion and ShareGPT records may carry their system prompt in a field.
+    system = conv.string(obj, "system", required=False, what="system prompt") if fmt != "chat" else None
+    messages = [{"role": "system", "content": system}] if system and system.strip() else []
 
     if fmt == "instruction":
         instruction = conv.string(obj, "instruction", what="task description")
