@@ -655,6 +655,14 @@ def _exact_key(record) -> str:
     return "text:" + str(record.get("text"))
 
 
+def _canonical_view(records) -> list[dict]:
+    """Canonical versions of ``records`` (raw ones, e.g. Alpaca triples, are converted) for comparing them."""
+    records = list(records)
+    if all(isinstance(r, dict) and ("messages" in r or "text" in r) for r in records):
+        return records
+    return load_records(records, validate=False, verbose=False)
+
+
 def duplicate_groups(records, near=True, threshold=0.8) -> list[list[int]]:
     """Group record indices so that exact and near copies share a group (singletons included).
 
@@ -663,6 +671,7 @@ def duplicate_groups(records, near=True, threshold=0.8) -> list[list[int]]:
         >>> duplicate_groups(recs)
         [[0, 2], [1]]
     """
+    records = _canonical_view(records)
     parent = list(range(len(records)))
 
     def find(i):
@@ -911,6 +920,7 @@ def find_leaks(train, test, threshold=0.8) -> list[tuple[int, int, float]]:
         >>> find_leaks([{"text": "the cat sat on the mat"}], [{"text": "The cat sat on the mat."}])
         [(0, 0, 1.0)]
     """
+    test, train = _canonical_view(test), _canonical_view(train)
     return near_duplicate_pairs([record_text(r) for r in test], threshold, other=[record_text(r) for r in train])
 
 

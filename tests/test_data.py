@@ -362,3 +362,13 @@ def test_csv_cell_holding_a_json_conversation(tmp_path):
     path.write_text("messages,task\n" + '"' + conv.replace('"', '""') + '",qa\n')
     rec = load_records(path)[0]
     assert rec["messages"][1]["content"] == "hello" and rec["task"] == "qa"
+
+
+def test_splits_of_raw_records_compare_their_content():
+    raw = [{"instruction": f"Spell the number {i} in words, please", "output": f"number {i}"} for i in range(30)]
+    raw += [dict(raw[0]), dict(raw[1])]
+    train, val, test = split_records(raw, 0.0, 0.3, seed=0)
+    assert len(test) == 10 and raw[5] in train + test  # originals are returned, not converted copies
+    assert find_leaks(train, test) == []
+    kept, n = drop_duplicates(raw, verbose=False)
+    assert n == 2
