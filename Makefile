@@ -33,12 +33,14 @@ browser:
 
 lab: setup model
 	$(VENV)/bin/ftlab doctor || true
-	$(VENV)/bin/jupyter lab notebooks/
+	# JupyterLab refuses to run as root unless told; containers and workshop boxes often are root.
+	$(VENV)/bin/jupyter lab notebooks/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
 # The whole suite: unit/parity tests, the browser test, and every notebook under nbval
 # with the tiny model (FTLAB_PROFILE=ci).
+# FTLAB_SOLUTIONS=1 makes every exercise cell check its worked solution, so the checkers are exercised.
 test: setup model browser
-	FTLAB_PROFILE=ci $(PY) -m pytest -ra tests --nbval-lax --nbval-cell-timeout=600 notebooks
+	FTLAB_PROFILE=ci FTLAB_SOLUTIONS=1 $(PY) -m pytest -ra tests --nbval-lax --nbval-cell-timeout=600 notebooks
 
 # Unit tests only (no notebooks, no browser): the loop you work in.
 test-fast: setup model

@@ -51,6 +51,7 @@ TINY_CONFIG = dict(
 )
 TINY_LABEL = "tiny (random weights, UNTRAINED - for CI and instant demos; its text is gibberish)"
 
+_VERIFIED: dict[str, float] = {}  # folder -> manifest mtime, checked once per process
 _CACHE_FORMAT = 1  # bump when the cache layout changes; old caches are rebuilt
 _PAD_TOKEN = "<|endoftext|>"  # SmolLM2 ships pad == eos (<|im_end|>); we keep them apart
 
@@ -257,12 +258,17 @@ def load_tokenizer(name: str = SMOLLM2):
 
 def _ensure_cache() -> Path:
     folder = smollm2_dir()
+    manifest = folder / "ftlab_manifest.json"
+    # Hashing 540 MB costs ~0.5 s: do it once per process, and again only if the folder changed.
+    if manifest.exists() and _VERIFIED.get(str(folder)) == manifest.stat().st_mtime and (folder / "model.safetensors").exists():
+        return folder
     try:
         verify_cache(folder)
     except ModelCacheError as e:
         print(f"[ftlab] {e}; rebuilding the offline model cache")
         convert_gguf(folder)
         verify_cache(folder)
+    _VERIFIED[str(folder)] = manifest.stat().st_mtime
     return folder
 
 
