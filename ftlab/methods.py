@@ -71,19 +71,13 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 def _final_norm(model: nn.Module) -> nn.Module | None:
     base = _base_model(model)
-    inner = getattr(base, "model", None)
-    return getattr(inner, "norm", None) or getattr(getattr(base, "transformer", None), "ln_f", None)
+    norm = getattr(getattr(base, "model", None), "norm", None)  # Llama, Qwen, SmolLM, Mistral, ...
+    return norm if norm is not None else getattr(getattr(base, "transformer", None), "ln_f", None)  # GPT-2 style
 
 
 def _base_model(model: nn.Module) -> nn.Module:
     """The transformers model under any peft wrapper."""
-    try:
-        from peft import PeftModel
-    except ImportError:  # peft is a dependency, but keep full fine-tuning usable without it
-        return model
-    if isinstance(model, PeftModel):
-        return model.get_base_model()
-    return model
+    return model.get_base_model() if is_peft_model(model) else model
 
 
 # bitsandbytes warns on import (on CPUs with AVX512-BF16) that an optional kernel for its bf16 inference
