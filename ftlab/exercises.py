@@ -619,3 +619,192 @@ def _method_for_16gb():
     weights_nf4_gib = 7e9 * 0.5 / 2**30  # 3.3 GiB (+ quantisation constants): fits
     assert weights_nf4_gib < 16 < weights_bf16_gib + 4
     return "c"
+
+
+# =========================================================================== notebooks 00-02 (helper N1)
+# Exercises added for notebooks 00_concepts, 01_data_preparation and 02_loss_math, on top of the
+# loss / optim / batching / concepts entries above (which those notebooks also use).
+
+# --------------------------------------------------------------------------- loss (notebook 02)
+
+
+@exercise(
+    "loss.ce_grad", Number(rtol=1e-3, atol=1e-4),
+    question=f"Gradient of the cross-entropy with respect to the logits {_CE_LOGITS} when the target is index "
+             f"{_CE_TARGET}: a list of 4 numbers.",
+    mistakes=[
+        (lambda: [-(math.exp(v) - (i == _CE_TARGET)) for i, v in enumerate(_log_softmax(_CE_LOGITS))],
+         "Right size, wrong sign: the loss falls when the target's logit rises, so its gradient is negative."),
+        (lambda: [math.exp(v) for v in _log_softmax(_CE_LOGITS)],
+         "That is the softmax alone; subtract 1 at the target index (the one-hot vector)."),
+        (lambda: [math.exp(v) - 1 for v in _log_softmax(_CE_LOGITS)],
+         "Subtract 1 only at the target index: the one-hot vector is 1 there and 0 elsewhere."),
+    ],
+    explanation="dl/dz = softmax(z) - one_hot(y): the entries sum to 0, and only the target's is negative.",
+)
+def _ce_grad():
+    logits, target = [2.0, 0.5, -1.0, 0.0], 1
+    exps = [math.exp(z) for z in logits]
+    softmax = [e / sum(exps) for e in exps]
+    one_hot = [1.0 if i == target else 0.0 for i in range(len(logits))]
+    return [p - o for p, o in zip(softmax, one_hot)]  # ≈ [0.710, -0.842, 0.035, 0.096]
+
+
+# --------------------------------------------------------------------------- optim (notebook 02)
+
+
+@exercise(
+    "optim.adam_first_step", Number(rtol=1e-3),
+    question="First AdamW step (lr 1e-3, betas (0.9, 0.999), eps 1e-8, no weight decay) for a weight whose "
+             "gradient is 0.004: how large is the change of the weight?",
+    mistakes=[
+        (lambda: 1e-3 * 0.004, "That is plain SGD (lr x gradient). Adam divides by the root of the squared-gradient "
+                               "average, so the gradient's size cancels out."),
+        (lambda: 1e-3 * (0.1 * 0.004) / math.sqrt(0.001 * 0.004**2),
+         "You forgot the bias correction: m_hat = m / (1 - 0.9^1) and v_hat = v / (1 - 0.999^1)."),
+        (lambda: 1e-3 * (0.1 * 0.004) / (0.001 * 0.004**2),
+         "The denominator is the square root of v_hat (plus eps), not v_hat itself."),
+    ],
+    explanation="On step 1, m_hat = g and sqrt(v_hat) = |g|, so every weight moves by ~lr whatever its gradient.",
+)
+def _adam_first_step():
+    lr, (b1, b2), eps, g = 1e-3, (0.9, 0.999), 1e-8, 0.004
+    m = (1 - b1) * g  # moments start at 0
+    v = (1 - b2) * g**2
+    m_hat, v_hat = m / (1 - b1**1), v / (1 - b2**1)  # bias correction: m_hat = g, v_hat = g^2
+    return lr * m_hat / (math.sqrt(v_hat) + eps)  # ≈ lr = 1e-3
+
+
+# --------------------------------------------------------------------------- concepts (notebook 00)
+
+
+@exercise(
+    "concepts.gain_per_cost", Number(rtol=1e-3),
+    question="Prompting scores 0.55, a fine-tuned model 0.85; fine-tuning costs $600 more than prompting over the "
+             "system's life. How many score points (0-100 scale) does it buy per $100?",
+    mistakes=[
+        (lambda: (0.85 - 0.55) / 6, "Scores 0.55 and 0.85 are 55 and 85 points on the 0-100 scale."),
+        (lambda: (85 - 55) / 600 * 1000, "That is per $1,000; the question asks per $100."),
+        (lambda: 85 / 6, "Count the gain over prompting (85 - 55), not the fine-tuned score itself."),
+    ],
+    explanation="Gain per cost compares options on one scale: extra quality bought per unit of extra money.",
+)
+def _gain_per_cost():
+    gain_points = 100 * (0.85 - 0.55)  # 30 points better than prompting
+    extra_cost_in_100s = 600 / 100  # $600 = 6 x $100
+    return gain_points / extra_cost_in_100s  # 5 points per $100
+
+
+@exercise(
+    "concepts.which_approach", Choice({"a": "prompt engineering only", "b": "retrieval-augmented generation (RAG)",
+                                       "c": "fine-tuning", "d": "training from scratch"}),
+    question="A bank's assistant must answer questions about its current interest rates and fees, which change "
+             "every week, quoting the official documents. You have 50 labelled conversations. Which approach "
+             "should you build first?",
+    mistakes=[
+        (lambda: "c", "Fine-tuning would bake this week's rates into the weights (wrong next week), and 50 examples "
+                      "are too few. Fine-tune later for tone or format, if at all."),
+        (lambda: "a", "The prompt alone cannot hold all the bank's documents, and the model does not know this week's "
+                      "rates: the facts must be looked up for every question."),
+        (lambda: "d", "A pretrained model already handles the language; training from scratch costs millions and "
+                      "still would not know next week's rates."),
+    ],
+    explanation="Knowledge that is large or changes often belongs in retrieval; fine-tuning teaches behaviour and format.",
+)
+def _which_approach():
+    facts_change_weekly, labelled_examples = True, 50
+    needs_lookup = facts_change_weekly  # weights cannot track weekly changes; a search index can
+    assert labelled_examples < 100  # too few to fine-tune reliably anyway
+    return "b" if needs_lookup else "c"
+
+
+# --------------------------------------------------------------------------- data (notebook 01)
+
+import functools  # noqa: E402  (used by this section only)
+
+
+@dataclass
+class Mapping:
+    """The answer is a dict that must equal the solution's (order does not matter)."""
+
+    known_values: tuple = ()  # the names allowed on the right-hand side, for a specific hint
+
+    def __call__(self, answer, solution_fn, mistakes) -> tuple[bool, str]:
+        expected = solution_fn()
+        if not isinstance(answer, dict):
+            return False, f"expected a dict, got {type(answer).__name__} {_short(answer)}."
+        if answer == expected:
+            return True, f"right! ({_short(expected, 120)})"
+        for wrong_fn, hint in mistakes:
+            if answer == wrong_fn():
+                return False, f"{_short(answer, 120)} is not right.\n   Hint: {hint}"
+        unknown = [v for v in answer.values() if self.known_values and v not in self.known_values]
+        if unknown:
+            return False, (f"{unknown} {'is' if len(unknown) == 1 else 'are'} not one of ftlab's field names "
+                           f"{list(self.known_values)}.")
+        missing = sorted(set(expected) - set(answer))
+        if missing:
+            return False, f"your mapping leaves out the field(s) {missing}."
+        return False, f"{_short(answer, 120)} is not right: check which of your fields holds what."
+
+
+_QA_ROW = {"query": "Where is order BW-100200?", "background": "BW-100200 | shipped | ParcelGo", "response": "shipped"}
+
+
+@exercise(
+    "data.field_map", Mapping(known_values=("instruction", "input", "output", "prompt", "completion", "messages", "text")),
+    question=f"A dataset's rows look like {_QA_ROW}. Give the field_map (your names -> ftlab's) that loads it as "
+             "instruction triples, with the background text as the input.",
+    mistakes=[
+        (lambda: {"instruction": "query", "input": "background", "output": "response"},
+         "The mapping goes from the dataset's names (keys) to ftlab's names (values): {'query': 'instruction', ...}."),
+        (lambda: {"query": "prompt", "response": "completion"},
+         "That loads it as prompt/completion and leaves the background out of the prompt; use instruction / input / output."),
+        (lambda: {"query": "instruction", "response": "output"},
+         "The background is missing: without it the question cannot be answered. Map it to 'input'."),
+    ],
+    explanation="field_map renames fields before the format is detected, so any layout can be read without editing the file.",
+)
+def _field_map():
+    # the question is the instruction, the background goes with it as the input, the response is the answer
+    return {"query": "instruction", "background": "input", "response": "output"}
+
+
+_DATE_RECORD = {"messages": [{"role": "user", "content": "Normalise the date: 3 July 2025"},
+                             {"role": "assistant", "content": "2025-07-03"}]}
+
+
+@functools.lru_cache(maxsize=1)
+def _smollm2_tokenizer():
+    from ftlab.models import load_tokenizer
+
+    return load_tokenizer("tiny")  # SmolLM2's tokenizer (the tiny model shares it); loaded once
+
+
+def _date_record_counts():
+    from ftlab.templates import tokenize_example
+
+    tok = _smollm2_tokenizer()
+    ex = tokenize_example(_DATE_RECORD, tok)
+    trained = sum(label != -100 for label in ex["labels"])
+    return trained, len(ex["input_ids"]), len(tok("2025-07-03", add_special_tokens=False)["input_ids"])
+
+
+@exercise(
+    "data.trained_tokens", Number(rtol=0, atol=0.5),
+    question=f"With SmolLM2's tokenizer and chat template, how many tokens of {_DATE_RECORD} are trained "
+             "(label != -100) by ftlab.tokenize_example?",
+    mistakes=[
+        (lambda: _date_record_counts()[2], "You counted the answer's tokens but not the end-of-turn token <|im_end|>, "
+                                           "which is trained too: it teaches the model to stop."),
+        (lambda: _date_record_counts()[1], "That is every token of the rendered conversation; only the assistant's reply "
+                                           "(and its <|im_end|>) is trained."),
+    ],
+    explanation="Only the answer and its end-of-turn token are trained; system prompt, question and markup are masked.",
+)
+def _trained_tokens():
+    from ftlab.templates import tokenize_example
+
+    tok = _smollm2_tokenizer()  # SmolLM2's tokenizer, as ftlab.load_tokenizer("tiny") returns it
+    example = tokenize_example(_DATE_RECORD, tok)
+    return sum(label != -100 for label in example["labels"])  # "2025-07-03" + <|im_end|>
