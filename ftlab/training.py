@@ -10,6 +10,9 @@ Read it top to bottom; it is one function, :func:`train`, in five parts:
 4. evaluation, early stopping and checkpoints every N steps;
 5. saving the result: the adapter or the model, and optionally LoRA merged into the base.
 
+Its settings (:class:`TrainConfig`) and its return value (:class:`TrainResult`) are declared in
+``ftlab/train_config.py`` and importable from here.
+
 **The loss, done right.** The loss of one optimizer step is the mean cross-entropy over *all tokens
 that are trained in that step*: every micro-batch, every process. So each micro-batch contributes
 ``sum of its token losses / trained tokens of the whole step``. The tempting shortcut - average each
@@ -36,207 +39,22 @@ import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ftlab import checkpoint as ckpt
-from ftlab.batching import STRATEGIES, make_batches, model_inputs
-from ftlab.methods import ADAPTER_METHODS, METHODS, is_peft_model, is_quantized
-from ftlab.optim import OPTIMIZERS, SCHEDULES
-from ftlab.tracking import LOG_TARGETS, RunLogger, format_postfix, progress_bar
+from ftlab.batching import make_batches, model_inputs
+from ftlab.methods import is_peft_model, is_quantized
+from ftlab.tracking import RunLogger, format_postfix, progress_bar
+from ftlab.train_config import TrainConfig, TrainResult  # noqa: F401  (both are part of this module's API)
 
 IGNORE_INDEX = -100
 
 
 class TrainingDiverged(FloatingPointError):
     """The loss or the gradient became NaN or infinite; the message says what to change."""
-
-
-# --------------------------------------------------------------------------- 0. the configuration
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a run. Saved next to the run as ``config.yaml`` and ``config.json``.
-
-    Example:
-        >>> cfg = TrainConfig(method="full", lr=5e-5, max_steps=60)
-        >>> cfg.effective_batch_size
-        8
-        >>> TrainConfig(method="full", use_dora=True)
-        Traceback (most recent call last):
-        ...
-        ValueError: TrainConfig: use_dora=True only applies to LoRA (method 'lora' or 'qlora'), not method='full'. Fix: set method='lora' or use_dora=False.
-    """
-
-    # --- where the run goes
-    output_dir: str = "runs/ftlab"  # run folder: config, logs, checkpoints/, final/
-    # --- what is trained (see ftlab.methods)
-    method: str = "lora"  # full | lora | dora | qlora | freeze | ia3 | prompt_tuning
-    lora_rank: int = 16  # LoRA r: rank of the update B·A
-    lora_alpha: float = 32  # LoRA scale numerator: the update is multiplied by alpha / r
-    lora_dropout: float = 0.05  # dropout on the adapter's input
-    target_modules: str | list = "all-linear"  # Linear layers that get adapters, or "all-linear"
-    use_dora: bool = False  # DoRA: LoRA plus a learned magnitude per output channel
-    freeze_layers: int | None = None  # method "freeze": freeze the first N decoder layers ...
-    trainable_layers: int | None = None  # ... or train only the last N (give one of the two)
-    # --- optimizer and schedule (see ftlab.optim)
-    optimizer: str = "adamw"  # adamw | sgd | adamw_8bit (CUDA only)
-    lr: float = 2e-4  # peak learning rate
-    weight_decay: float = 0.0  # decoupled weight decay; never applied to biases and norms
-    betas: tuple = (0.9, 0.999)  # AdamW's moment decay rates
-    momentum: float = 0.0  # SGD momentum (AdamW's momentum is betas[0])
-    scheduler: str = "cosine"  # constant | linear | cosine, each after linear warmup
-    warmup_steps: int = 0  # optimizer steps of warmup from 0 to lr
-    min_lr_ratio: float = 0.0  # cosine only: the floor, as a fraction of lr
-    max_grad_norm: float | None = 1.0  # clip the gradient norm to this (None: no clipping)
-    # --- how much data per step
-    max_steps: int = 100  # optimizer steps (the data is repeated in new orders as needed)
-    batch_size: int = 8  # examples per micro-batch on each process
-    grad_accum_steps: int = 1  # micro-batches per optimizer step
-    max_length: int = 512  # longer examples are truncated (and counted); the row length for packing
-    batching: str = "pad"  # pad | group (length-grouped) | pack (see ftlab.batching)
-    train_on: str = "assistant"  # assistant | last | all: which tokens are trained
-    shuffle: bool = True  # a new seeded order every epoch (False: the order given)
-    # --- speed and memory
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30 % slower
-    mixed_precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | no | bf16
-    allow_bf16_on_cpu: bool = False  # bf16 on CPU is ~30x slower on most CPUs; opt in explicitly
-    compile: bool = False  # torch.compile the model (slow first step, faster after; GPU)
-    # --- evaluation, checkpoints, early stopping
-    eval_every: int = 0  # validate every N steps (0: only at the start and the end)
-    eval_batches: int | None = None  # validate on at most N batches (None: all of eval_data)
-    early_stopping_patience: int | None = None  # stop after N evaluations without a better val loss
-    save_every: int = 0  # checkpoint every N steps (0: only best/interrupt checkpoints)
-    keep_last: int = 2  # keep the newest K checkpoints (the best one is always kept)
-    load_best_at_end: bool = False  # put the best checkpoint's weights back before the final save
-    resume_from: str | None = None  # "latest", a run folder or a checkpoint folder
-    save_final: bool = True  # save the adapter / model to <output_dir>/final
-    merge_lora: bool = False  # also merge adapters into the base and save <output_dir>/merged
-    # --- bookkeeping
-    seed: int = 0  # seeds model set-up (LoRA init), dropout and data order
-    log_to: tuple = ("jsonl", "csv", "tensorboard")  # where the per-step history goes
-    progress: bool = True  # show a progress bar
-    # --- only for `ftlab train --config run.yaml` (train() takes model and data as arguments)
-    model: str | None = None  # a name for ftlab.load_model, e.g. smollm2-135m-instruct
-    train_file: str | None = None  # training data file (any format ftlab.data.load_records reads)
-    eval_file: str | None = None  # validation data file
-
-    def __post_init__(self):
-        self.betas, self.log_to = tuple(self.betas), tuple(self.log_to)
-        if isinstance(self.target_modules, tuple):
-            self.target_modules = list(self.target_modules)
-        self._check()
-
-    def _check(self):
-        def bad(msg):
-            raise ValueError(f"TrainConfig: {msg}")
-
-        for name, options in [("method", METHODS), ("optimizer", OPTIMIZERS), ("scheduler", SCHEDULES),
-                              ("batching", STRATEGIES), ("train_on", ("assistant", "last", "all")),
-                              ("mixed_precision", ("auto", "no", "bf16"))]:
-            if getattr(self, name) not in options:
-                bad(f"{name}={getattr(self, name)!r} is not one of {', '.join(options)}.")
-        for name in ("max_steps", "batch_size", "grad_accum_steps", "max_length", "keep_last"):
-            if int(getattr(self, name)) < 1:
-                bad(f"{name} must be >= 1, got {getattr(self, name)}.")
-        if self.lr <= 0:
-            bad(f"lr must be > 0, got {self.lr}.")
-        if self.use_dora and self.method not in ("lora", "qlora", "dora"):
-            bad(f"use_dora=True only applies to LoRA (method 'lora' or 'qlora'), not method={self.method!r}. "
-                "Fix: set method='lora' or use_dora=False.")
-        if (self.freeze_layers is not None or self.trainable_layers is not None) and self.method != "freeze":
-            bad(f"freeze_layers/trainable_layers only apply to method='freeze', not {self.method!r}.")
-        if self.freeze_layers is not None and self.trainable_layers is not None:
-            bad("give freeze_layers (freeze the first N) or trainable_layers (train the last N), not both.")
-        if self.momentum and self.optimizer != "sgd":
-            bad(f"momentum={self.momentum} only applies to optimizer='sgd' (AdamW's momentum is betas[0]).")
-        if self.min_lr_ratio and self.scheduler != "cosine":
-            bad(f"min_lr_ratio only applies to scheduler='cosine', not {self.scheduler!r}.")
-        if self.warmup_steps >= self.max_steps:
-            bad(f"warmup_steps={self.warmup_steps} >= max_steps={self.max_steps}: the lr would never reach its peak.")
-        if self.early_stopping_patience is not None and self.eval_every < 1:
-            bad("early_stopping_patience needs eval_every >= 1 (validation during training).")
-        if self.load_best_at_end and self.eval_every < 1:
-            bad("load_best_at_end needs eval_every >= 1 (otherwise there is no best checkpoint).")
-        if set(self.log_to) - set(LOG_TARGETS):
-            bad(f"log_to={list(self.log_to)}: unknown target(s); choose from {', '.join(LOG_TARGETS)}.")
-
-    @property
-    def effective_batch_size(self) -> int:
-        """Examples per optimizer step on one process (times the number of processes when distributed)."""
-        return self.batch_size * self.grad_accum_steps
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-    def save(self, folder) -> None:
-        """Write ``config.yaml`` and ``config.json`` into ``folder``."""
-        import yaml
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "config.yaml").write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        (folder / "config.json").write_text(json.dumps(self.to_dict(), indent=2))
-
-    @classmethod
-    def from_yaml(cls, path, **overrides) -> "TrainConfig":
-        """Read a YAML (or JSON) file; unknown keys are an error that names the file and the closest field."""
-        import difflib
-
-        import yaml
-
-        values = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a mapping of TrainConfig fields at the top level.")
-        known = [f.name for f in dataclasses.fields(cls)]
-        for key in values:
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise ValueError(f"{path}: unknown TrainConfig field {key!r}.{hint}")
-        try:
-            return cls(**{**values, **overrides})
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"{path}: {e}") from None
-
-
-@dataclass
-class TrainResult:
-    """What :func:`train` returns. ``history`` has one dict per optimizer step (plus step 0, the
-    validation before training): ``step, loss, lr, grad_norm, tokens_per_s, step_tokens,
-    trained_tokens, peak_memory_mb, elapsed_s`` and, on evaluation steps, ``val_loss, val_ppl, val_token_acc``."""
-
-    history: list
-    model: torch.nn.Module
-    tokenizer: object
-    config: TrainConfig
-    output_dir: Path
-    final_path: Path | None = None  # the adapter (LoRA/QLoRA) or the whole model (full/freeze)
-    merged_path: Path | None = None  # LoRA merged into the base: a plain Hugging Face folder
-    best_checkpoint: Path | None = None
-    best_val_loss: float | None = None
-    last_checkpoint: Path | None = None
-    stopped_because: str = "max_steps"  # max_steps | early_stopping | interrupted | callback
-    wall_time_s: float = 0.0
-
-    @property
-    def train_history(self) -> list:
-        return [h for h in self.history if "loss" in h]
-
-    @property
-    def eval_history(self) -> list:
-        return [h for h in self.history if "val_loss" in h]
-
-    def chat(self, prompt, **kwargs) -> str:
-        """Ask the trained model something (greedy, through the chat template): ``ftlab.chat``."""
-        from ftlab.models import chat
-
-        return chat(self.model, self.tokenizer, prompt, **kwargs)
 
 
 # --------------------------------------------------------------------------- the loss
@@ -286,7 +104,7 @@ def evaluate_loss(model, batches, accelerator=None) -> dict:
 # --------------------------------------------------------------------------- data
 
 
-def prepare_examples(data, tokenizer, config: TrainConfig, what: str = "train_data") -> list[dict]:
+def prepare_examples(data, tokenizer, config: TrainConfig, what: str = "train_data", limit: int | None = None) -> list[dict]:
     """Anything train() accepts -> tokenised examples ``{"input_ids", "labels"}``.
 
     ``data`` may be a file path, tokenised examples, canonical records, or raw records in any
@@ -298,7 +116,7 @@ def prepare_examples(data, tokenizer, config: TrainConfig, what: str = "train_da
         from ftlab.data import load_records
 
         data = load_records(data)
-    data = list(data)
+    data = list(data)[:limit]
     if not data:
         raise ValueError(f"train(): {what} is empty.")
     if all(isinstance(r, dict) and "input_ids" in r and "labels" in r for r in data):
@@ -474,7 +292,8 @@ def train(model, tokenizer, train_data, eval_data=None, config: TrainConfig | No
     train_examples = prepare_examples(train_data, tokenizer, config, "train_data")
     eval_batches = []
     if eval_data is not None:
-        eval_examples = prepare_examples(eval_data, tokenizer, config, "eval_data")
+        limit = config.eval_batches * config.batch_size if config.eval_batches else None  # tokenise only what is used
+        eval_examples = prepare_examples(eval_data, tokenizer, config, "eval_data", limit=limit)
         eval_batches = make_batches(eval_examples, config.batch_size, "pad", max_length=config.max_length,
                                     shuffle=False, pad_token_id=pad_id)[:config.eval_batches]
     elif config.early_stopping_patience or config.load_best_at_end:
@@ -507,6 +326,9 @@ def train(model, tokenizer, train_data, eval_data=None, config: TrainConfig | No
     # ---- 2. resume
     stream = BatchStream(train_examples, config, pad_id)
     history, best_val, best_path, bad_evals, trained_tokens, step, last_ckpt = [], None, None, 0, 0, 0, None
+    if config.resume_from and fsdp:
+        raise NotImplementedError("resume_from under FSDP: ftlab's checkpoints hold full (gathered) weights but not "
+                                  "the sharded optimizer state. Fix: resume without FSDP (DDP), or start a new run.")
     if config.resume_from:
         path = ckpt.resolve_checkpoint(config.resume_from, out_dir)
         state = ckpt.load_checkpoint(path, raw_model, optimizer, scheduler, rank=rank)
@@ -529,10 +351,10 @@ def train(model, tokenizer, train_data, eval_data=None, config: TrainConfig | No
             from accelerate.utils import gather_object
 
             rngs = gather_object(rngs)  # every process keeps its own dropout stream
+        # Under FSDP the weights are gathered from all shards; the optimizer state stays sharded (not saved).
         model_state = accelerator.get_state_dict(model) if fsdp else None
-        path = None
         if main:
-            path = ckpt.save_checkpoint(out_dir, at_step, raw_model, optimizer, scheduler, state,
+            ckpt.save_checkpoint(out_dir, at_step, raw_model, None if fsdp else optimizer, scheduler, state,
                                         keep_last=config.keep_last, protect=[best_path], model_state=model_state,
                                         rng_states=rngs)
         accelerator.wait_for_everyone()
@@ -645,7 +467,7 @@ def train(model, tokenizer, train_data, eval_data=None, config: TrainConfig | No
               f"Continue with resume_from='latest' (same output_dir).")
 
     # ---- 5. the result: best weights back (optional), adapter or model, merged model
-    if config.load_best_at_end and best_path is not None and step > 0:
+    if config.load_best_at_end and best_path is not None and step > 0 and not fsdp:
         ckpt.load_checkpoint(best_path, raw_model, restore_rng=False)
     final_path = merged_path = None
     if config.save_final and stopped != "interrupted":
@@ -668,8 +490,8 @@ def train(model, tokenizer, train_data, eval_data=None, config: TrainConfig | No
                          best_val_loss=best_val, last_checkpoint=last_ckpt, stopped_because=stopped,
                          wall_time_s=time.time() - t_start)
     if main:
-        summary = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()
-                   if k not in ("history", "model", "tokenizer", "config")}
+        summary = {f.name: str(v) if isinstance(v := getattr(result, f.name), Path) else v
+                   for f in dataclasses.fields(result) if f.name not in ("history", "model", "tokenizer", "config")}
         (out_dir / "result.json").write_text(json.dumps(summary, indent=2))
     _callback(callbacks, "on_end", result)
     return result

@@ -281,3 +281,14 @@ def test_cli_trains_from_a_yaml_file(tmp_path, capsys):
     assert (tmp_path / "out" / "final" / "adapter_config.json").exists()
     assert TrainConfig.from_yaml(tmp_path / "out" / "config.yaml").lr == 0.001
     assert "done in" in capsys.readouterr().out
+
+
+def test_shipped_run_configs_are_valid():
+    from pathlib import Path
+
+    configs = [p for p in (Path(__file__).parent.parent / "configs").glob("*.yaml") if not p.name.startswith("accelerate_")]
+    assert len(configs) >= 4
+    for path in configs:
+        config = TrainConfig.from_yaml(path)
+        assert config.model and config.train_file, path
+        assert (Path(__file__).parent.parent / config.train_file).exists(), path
