@@ -148,8 +148,9 @@ class LivePlot:
         self._handle = None
 
     def on_step(self, record: dict, state=None) -> None:
-        self.steps.append(record["step"])
-        self.losses.append(record["loss"])
+        if "loss" in record:  # step 0 carries only the validation before training
+            self.steps.append(record["step"])
+            self.losses.append(record["loss"])
         if record.get("val_loss") is not None:
             self.val_steps.append(record["step"])
             self.val_losses.append(record["val_loss"])

@@ -236,13 +236,16 @@ def test_device_checks(tok, tmp_path):
 def test_lora_outputs_logs_merge_and_chat(tok, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from ftlab.tracking import read_history, read_tensorboard
+    from ftlab.tracking import LivePlot, read_history, read_tensorboard
 
     # raw records in the instruction format: converted by ftlab.data on the way in
     data = [{"instruction": f"Double {i}.", "output": str(2 * i)} for i in range(12)]
     config = cfg(tmp_path, method="lora", lora_rank=4, max_steps=3, eval_every=2, save_final=True, merge_lora=True,
                  log_to=("jsonl", "csv", "tensorboard"), batching="group")
-    result = train(make_tiny_model(tok, seed=0), tok, data[:8], data[8:], config=config)
+    plot = LivePlot(show=False)
+    result = train(make_tiny_model(tok, seed=0), tok, data[:8], data[8:], config=config, callbacks=[plot])
+    assert (plot.steps, plot.val_steps) == ([1, 2, 3], [0, 2, 3])
+    assert len(plot.figure.axes[0].lines) == 2  # drawn at the end: training and validation curves
     run = tmp_path / "run"
     assert set(result.history[1]) >= {"step", "loss", "lr", "grad_norm", "tokens_per_s", "trained_tokens", "peak_memory_mb"}
     assert read_history(run) == json.loads(json.dumps(result.history))
