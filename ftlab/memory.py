@@ -25,8 +25,8 @@ Example:
     >>> est = estimate_memory("smollm2-135m", method="lora", batch_size=8, seq_len=256, device="cpu")
     >>> est.peak_phase
     'backward: start (loss gradient)'
-    >>> round(est.total_bytes / 2**30, 2)   # GiB
-    1.14
+    >>> round(est.total_bytes / 2**30, 1)   # GiB: 1.1 of them are the logits and the loss's buffers
+    5.9
 """
 
 from __future__ import annotations
@@ -217,12 +217,13 @@ def get_architecture(model) -> Architecture:
     try:
         from transformers import AutoConfig
 
-        return _from_config(AutoConfig.from_pretrained(name), name)
+        # local_files_only: a typo must fail at once with a clear message, not wait on the network
+        return _from_config(AutoConfig.from_pretrained(name, local_files_only=True), name)
     except Exception as e:  # offline, typo, gated model...
         raise ValueError(
             f"estimate_memory: unknown model {name!r} and its config could not be loaded ({type(e).__name__}). "
             f"Fix: use one of {', '.join(sorted(ARCHITECTURES))}, a local folder with config.json, "
-            "or pass a transformers config object."
+            "or pass a transformers config object (hub configs must already be in the local cache)."
         ) from e
 
 
@@ -699,7 +700,12 @@ def estimate_memory(
     mlp_bwd = 3 * T * I * m
     layer_bwd_tmp = max(attn_bwd, mlp_bwd) + 2 * T * H * r + dq_w
     layer_fwd_tmp = max(attn_fwd, 3 * T * I * m) + 2 * T * H * r + dq_w
-    mp_copies = (L * lin_params + (emb if not quantization else 0)) * 2 if mixed else 0  # autocast's bf16 weight copies
+    # Autocast casts every fp32 Linear weight to 16 bits. The cast copies stay in autocast's cache until
+    # the forward's autocast region ends, and each one is also saved by its matmul for backward, so
+    # without checkpointing they live until that layer's backward; with checkpointing only the
+    # recomputed layer's copies (and lm_head's) exist during backward. 4-bit weights are not cast.
+    mp_layer = (0 if quantization else lin_params) * 2 if mixed else 0
+    mp_head = V * H * 2 if mixed else 0
 
     # ---------------------------------------------------------------- CUDA overhead (labelled)
     persistent_weights = sum(c.bytes for c in comps if c.category in ("weights", "quantisation constants", "LoRA adapters"))
@@ -719,17 +725,21 @@ def estimate_memory(
 
     acts_all = {i: stored[i] for i in range(L)}
     fwd_common = {"rope cos/sin + masks": rope + shared_mask, "saved: embedding indices": emb_saved}
-    if mixed:
-        fwd_common["autocast bf16 weight copies"] = mp_copies
+    mp_key = "autocast 16-bit weight copies"
+
+    def mp(n_layers: int, with_head: bool) -> dict:
+        return {mp_key: n_layers * mp_layer + (mp_head if with_head else 0)} if mixed else {}
+
+    mp_bwd = mp(1 if gradient_checkpointing else L, True)
     if gradient_checkpointing and active_layers:
         last = active_layers[-1]
         moment("forward: inside a layer (checkpointed)", {j: stored[j] for j in range(last)},
-               {**fwd_common, "one layer's working tensors": saved_tot[last] + layer_fwd_tmp})
-    moment("forward: end (loss)", acts_all, {**fwd_common, "saved: final norm + lm_head input": head_saved,
+               {**fwd_common, **mp(last + 1, False), "one layer's working tensors": saved_tot[last] + layer_fwd_tmp})
+    moment("forward: end (loss)", acts_all, {**fwd_common, **mp(L, True), "saved: final norm + lm_head input": head_saved,
                                              "logits + cross-entropy buffers": logits_fwd})
-    moment("backward: start (loss gradient)", acts_all, {**fwd_common, "saved: final norm + lm_head input": head_saved,
+    moment("backward: start (loss gradient)", acts_all, {**fwd_common, **mp_bwd, "saved: final norm + lm_head input": head_saved,
                                                          "logits + cross-entropy buffers": logits_bwd})
-    moment("backward: lm_head", acts_all, {**fwd_common, "saved: final norm + lm_head input": head_saved,
+    moment("backward: lm_head", acts_all, {**fwd_common, **mp_bwd, "saved: final norm + lm_head input": head_saved,
                                            "logits gradient": Tl * V * m + (Tl * V * 4 if m != 4 else 0),
                                            "gradients so far": grad_head})
     worst_layer, worst_total = None, -1
@@ -739,7 +749,7 @@ def estimate_memory(
         act = {j: stored[j] for j in range(i)}
         if gradient_checkpointing:
             act[i] = ckpt[i]
-        extra = {**fwd_common, "this layer's activations" + (" (recomputed)" if gradient_checkpointing else ""): saved_tot[i],
+        extra = {**fwd_common, **mp(1 if gradient_checkpointing else i + 1, False), "this layer's activations" + (" (recomputed)" if gradient_checkpointing else ""): saved_tot[i],
                  "backward temporaries": layer_bwd_tmp, "gradients so far": grad_head + sum(grad_layers[i:])}
         tot = base + sum(act.values()) + sum(extra.values())
         if tot > worst_total:
@@ -791,7 +801,7 @@ def estimate_memory(
         "this layer's activations (recomputed)": "checkpointing re-runs this layer's forward in backward",
         "backward temporaries": "gradients of the MLP/attention intermediates inside one layer",
         "rope cos/sin + masks": "shared by all layers",
-        "autocast bf16 weight copies": "autocast casts each fp32 weight to bf16 and backward keeps the copy",
+        "autocast 16-bit weight copies": "autocast casts fp32 Linear weights to 16 bits; backward keeps the copies",
         "embedding gradient before accumulation": "tied weights: embedding's dense gradient + its out-of-place sum with lm_head's",
         "optimizer temporaries": {"foreach": "torch's foreach AdamW: sqrt(v) for all params at once",
                                   "for-loop": "sqrt(v)/bias-correction of the largest parameter"}.get(optimizer_impl, ""),
@@ -800,7 +810,7 @@ def estimate_memory(
     cats = {"logits + cross-entropy buffers": "logits & loss", "logits gradient": "logits & loss",
             "saved: final norm + lm_head input": "activations", "saved: embedding indices": "activations",
             "this layer's activations": "activations", "this layer's activations (recomputed)": "activations",
-            "rope cos/sin + masks": "activations", "autocast bf16 weight copies": "transient",
+            "rope cos/sin + masks": "activations", "autocast 16-bit weight copies": "transient",
             "one layer's working tensors": "transient"}
     for k, v in d["extra"].items():
         if k == "gradients so far" or not v:
@@ -965,7 +975,8 @@ class Advice:
             lines.append("  what each change does (alone):")
             for name, total, saving in self.changes:
                 ok = "fits" if total <= self.usable_bytes else "still too big"
-                lines.append(f"    {name:<38} {_fmt(total):>11}  saves {_fmt(max(saving, 0)):>11}  ({ok})")
+                effect = f"saves {_fmt(saving):>11}" if saving >= 0 else f"COSTS {_fmt(-saving):>11}"
+                lines.append(f"    {name:<42} {_fmt(total):>11}  {effect}  ({ok})")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -995,9 +1006,9 @@ def advise(model, device="dgx-spark", max_seq_len: int = 131072, **settings) -> 
     """Fit check on ``device`` plus the largest batch / sequence length and the saving of each change.
 
     Example:
-        >>> a = advise("llama-3.1-8b", "rtx-4090-24gb", method="lora", param_dtype="bf16", batch_size=4, seq_len=2048)
-        >>> a.fits, a.largest_batch_size >= 1
-        (False, True)
+        >>> a = advise("llama-3.1-8b", "rtx-4090-24gb", method="qlora", param_dtype="bf16", batch_size=4, seq_len=2048)
+        >>> a.fits, a.changes[0][0]
+        (False, 'gradient checkpointing')
     """
     kind, hw = _target(device)
     if hw is None:
@@ -1043,26 +1054,40 @@ def advise(model, device="dgx-spark", max_seq_len: int = 131072, **settings) -> 
 def worked_example_7b(model: str = "llama-2-7b", batch_size: int = 4, seq_len: int = 2048) -> list[tuple[str, float, str]]:
     """"How much memory to fine-tune a 7B model in FP16 with gradient checkpointing, seq 2048, batch 4?"
 
-    Returns rows ``(term, GiB, how it is computed)`` for the usual recipe: fp16 mixed precision
-    (fp32 master weights, autocast to fp16), AdamW, gradient checkpointing, SDPA attention. The
-    last row is the total, equal to ``estimate_memory(...).tensor_bytes``.
+    The usual recipe: fp16 mixed precision (fp32 master weights, autocast to fp16), AdamW, gradient
+    checkpointing, SDPA attention, no padding. Returns rows ``(term, GiB, how it is computed)``:
+    every term first, then the sum of all terms (which never are all alive at once) and the real
+    peak from :func:`estimate_memory`, with the moment it happens.
 
     Example:
         >>> rows = worked_example_7b()
-        >>> rows[-1][0]
-        'total (peak, tensors only)'
+        >>> rows[-1][0].startswith("peak")
+        True
     """
     arch = get_architecture(model)
     est = estimate_memory(arch, method="full", batch_size=batch_size, seq_len=seq_len, param_dtype="fp32",
                           mixed_precision="fp16", optimizer="adamw", gradient_checkpointing=True, padded=False, device="cuda")
     P = arch.num_parameters()
     T = batch_size * seq_len
-    rows = [("parameters", P / 1e9, f"{arch.layers} layers x {arch.layer_parameters() / 1e6:.1f}M + embeddings (billions, not GiB)")]
-    for it in est.items:
-        if it.category == "CUDA overhead":
-            continue
-        rows.append((it.name, it.bytes / GiB, it.note))
-    rows.append(("total (peak, tensors only)", est.tensor_bytes / GiB, f"peak during {est.peak_phase}; tokens per step = {T}"))
+    H, V, L = arch.hidden, arch.vocab, arch.layers
+    lin = L * sum(o * i for o, i in arch.linear_shapes().values())
+    layer = next(c for c in est.components if c.name.startswith("activations: MLP")).bytes / max(L, 1)
+    layer += (next(c for c in est.components if c.name.startswith("activations: attention")).bytes
+              + next(c for c in est.components if c.name.startswith("activations: norms")).bytes) / max(L, 1)
+    terms = [
+        ("fp32 master weights", 4 * P, f"{P / 1e9:.2f}B params x 4 B"),
+        ("fp32 gradients", 4 * P, f"{P / 1e9:.2f}B x 4 B"),
+        ("AdamW states (m, v)", 8 * P, f"{P / 1e9:.2f}B x 2 x 4 B"),
+        ("fp16 weight copies made by autocast", 2 * (lin + V * H), "Linear weights + lm_head x 2 B, held during the forward"),
+        ("checkpoints: one hidden state per layer", L * T * H * 4, f"{L} layers x {T} tokens x {H} x 4 B (fp32 residual stream)"),
+        ("one layer recomputed in backward", layer, "everything a layer keeps for backward (q, k, v, MLP, norms)"),
+        ("logits + fp32 cross-entropy buffers", 3 * T * V * 4, f"3 x {T} tokens x {V} vocab x 4 B at the start of backward"),
+    ]
+    rows = [("parameters (billions)", P / 1e9, f"{L} layers x {arch.layer_parameters() / 1e6:.1f}M + embeddings")]
+    rows += [(name, b / GiB, how) for name, b, how in terms]
+    rows.append(("sum of all terms (never all alive at once)", sum(b for _, b, _ in terms) / GiB, "the naive answer"))
+    alive = ", ".join(f"{i.name} {i.bytes / GiB:.1f}" for i in est.items if i.bytes > 0.05 * GiB and i.category != "CUDA overhead")
+    rows.append((f"peak: {est.peak_phase}", est.tensor_bytes / GiB, f"alive then (GiB): {alive}"))
     return rows
 
 

@@ -137,12 +137,14 @@ class MemoryExplorer:
         if self._out is None:
             return
         import matplotlib.pyplot as plt
+        from IPython.display import display
 
         self._verdict.value = f"<b style='color:{'green' if self.state.fits else 'crimson'}'>{self.state.verdict}</b>"
         with self._out:
             self._out.clear_output(wait=True)
             ax = plot_breakdown(self.state.estimate)
-            plt.show(ax.figure)
+            display(ax.figure)
+            plt.close(ax.figure)
 
     def widget(self):
         """The ipywidgets panel (sliders + chart + verdict)."""

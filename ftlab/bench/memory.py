@@ -265,12 +265,16 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m ftlab.bench.memory", description=__doc__.split("\n")[0])
     p.add_argument("--only", choices=["tiny", "smollm2"], help="run only the configurations of one model")
     p.add_argument("--device", default=None, help="cpu (MemTracker) or cuda (max_memory_allocated); default: cuda if present")
+    p.add_argument("--select", default=None, metavar="I:J", help="run only configurations I..J-1 (as numbered by --list)")
     p.add_argument("--list", action="store_true", help="list the configurations and exit")
     a = p.parse_args(argv)
     configs = [c for c in CONFIGS if a.only is None or (c.model == TINY) == (a.only == "tiny")]
+    if a.select:
+        i, _, j = a.select.partition(":")
+        configs = configs[int(i or 0):int(j) if j else None]
     if a.list:
-        for c in configs:
-            print(c.label())
+        for i, c in enumerate(configs):
+            print(f"{i:>3}  {c.label()}")
         return 0
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))

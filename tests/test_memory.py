@@ -1,0 +1,239 @@
+"""The VRAM estimator: its terms are pinned to real models, real quantisation and real measurement."""
+
+import json
+
+import pytest
+import torch
+
+from ftlab import memory as M
+
+
+# ----------------------------------------------------------------------------- parameter counts
+
+
+def test_tiny_parameter_count_equals_the_real_model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ftlab.models import TINY_CONFIG
+
+    with torch.device("meta"):  # the same module load_model("tiny") builds, without the tokenizer
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=49152, **TINY_CONFIG))
+    assert M.get_architecture("tiny").num_parameters() == sum(p.numel() for p in model.parameters())
+    assert M.get_architecture(model).num_parameters() == sum(p.numel() for p in model.parameters())
+
+
+def test_smollm2_parameter_count_from_its_config_json():
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ftlab.models import smollm2_dir
+
+    folder = smollm2_dir()
+    cfg = AutoConfig.from_pretrained(folder)
+    with torch.device("meta"):  # the real module structure, no weights
+        real = sum(p.numel() for p in AutoModelForCausalLM.from_config(cfg).parameters())
+    assert real == 134_515_008
+    assert M.get_architecture(str(folder)).num_parameters() == real
+    assert M.get_architecture(cfg).num_parameters() == real
+    assert M.get_architecture("smollm2-135m-instruct") == M.ARCHITECTURES["smollm2-135m"]
+
+
+@pytest.mark.parametrize("name,published", [
+    ("llama-3.1-8b", 8_030_261_248), ("llama-3.2-1b", 1_235_814_400), ("llama-2-7b", 6_738_415_616),
+    ("qwen2.5-0.5b", 494_032_768), ("qwen2.5-7b", 7_615_616_512), ("mistral-7b-v0.1", 7_241_732_096),
+    ("gemma-2b", 2_506_172_416), ("smollm2-1.7b", 1_711_376_384),
+])
+def test_table_parameter_counts_match_published_totals(name, published):
+    assert M.ARCHITECTURES[name].num_parameters() == published
+
+
+def test_table_architectures_build_the_same_module_structure_in_transformers():
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    for name, cls in (("llama-3.2-1b", LlamaConfig), ("qwen2.5-0.5b", Qwen2Config)):
+        a = M.ARCHITECTURES[name]
+        cfg = cls(hidden_size=a.hidden, intermediate_size=a.intermediate, num_hidden_layers=2, num_attention_heads=a.heads,
+                  num_key_value_heads=a.kv_heads, vocab_size=a.vocab, tie_word_embeddings=a.tied, head_dim=a.hd)
+        with torch.device("meta"):
+            real = sum(p.numel() for p in AutoModelForCausalLM.from_config(cfg).parameters())
+        two_layers = M.Architecture(**{**a.__dict__, "layers": 2})
+        assert two_layers.num_parameters() == real, name
+
+
+# ----------------------------------------------------------------------------- quantisation
+
+
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_nf4_bytes_per_parameter_match_bitsandbytes(double_quant):
+    import bitsandbytes.functional as F
+
+    w = torch.randn(256, 4096)  # 1M weights = 16384 blocks of 64 = 64 groups of 256 blocks
+    packed, qs = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=double_quant)
+    n = w.numel()
+    assert packed.numel() * packed.element_size() == n // 2  # two 4-bit codes per byte
+    constants = qs.absmax.numel() * qs.absmax.element_size()
+    if double_quant:
+        constants += qs.state2.absmax.numel() * qs.state2.absmax.element_size()
+    assert constants == M.nf4_constant_bytes(n, double_quant)
+    expected = 0.5 + (4 / 64 if not double_quant else 1 / 64 + 4 / (64 * 256))
+    assert M.nf4_bytes_per_parameter(double_quant) == pytest.approx(expected)
+    assert (packed.numel() + constants) / n == pytest.approx(expected)
+
+
+def test_qlora_weights_are_about_a_quarter_of_bf16():
+    full = M.estimate_memory("llama-3.1-8b", method="lora", param_dtype="bf16", batch_size=1, seq_len=128)
+    q = M.estimate_memory("llama-3.1-8b", method="qlora", param_dtype="bf16", batch_size=1, seq_len=128)
+    w = lambda e: sum(i.bytes for i in e.items if i.category in ("weights", "quantisation constants"))  # noqa: E731
+    assert 0.25 < w(q) / w(full) < 0.40  # embeddings + lm_head stay bf16
+
+
+# ----------------------------------------------------------------------------- LoRA
+
+
+@pytest.mark.parametrize("targets", ["all-linear", ["q_proj", "v_proj"]])
+def test_lora_parameter_count_equals_peft(targets):
+    from ftlab import load_model
+    from ftlab.methods import prepare_model
+
+    model, _ = load_model("tiny")
+    model = prepare_model(model, "lora", lora_rank=8, target_modules=targets)
+    peft_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    est = M.estimate_memory("tiny", method="lora", lora_rank=8, lora_targets=targets, device="cpu")
+    assert est.settings["trainable_params"] == peft_trainable
+
+
+# ----------------------------------------------------------------------------- measured vs estimated
+
+
+@pytest.mark.parametrize("cfg_kwargs", [
+    dict(method="full", batch_size=2, seq_len=48),
+    dict(method="lora", batch_size=2, seq_len=48, checkpointing=True),
+])
+def test_estimate_matches_memtracker_on_the_tiny_model(cfg_kwargs):
+    from ftlab.bench.memory import Config, build, estimate_for, make_batch, measure_training_peak
+
+    torch.manual_seed(0)
+    cfg = Config("tiny", **cfg_kwargs)
+    model, opt = build(cfg, "cpu")
+    batch = make_batch(model.config.vocab_size, cfg.batch_size, cfg.seq_len, cfg.padded)
+    measured, _ = measure_training_peak(model, opt, batch)
+    predicted = estimate_for(cfg, "cpu").tensor_bytes
+    assert abs(predicted - measured) / measured < 0.05, (predicted, measured)
+
+
+# ----------------------------------------------------------------------------- the terms
+
+
+def test_breakdown_adds_up_and_names_the_peak():
+    e = M.estimate_memory("smollm2-135m", method="full", batch_size=8, seq_len=256, device="cuda")
+    assert e.total_bytes == sum(i.bytes for i in e.items)
+    assert e.peak_phase in e.phases and e.phases[e.peak_phase] == e.tensor_bytes
+    cats = e.by_category()
+    assert {"weights", "optimizer states", "activations", "logits & loss", "CUDA overhead"} <= set(cats)
+    # the logits term is exactly 3 fp32 tokens x vocab buffers at the start of backward
+    assert cats["logits & loss"] == 3 * 8 * 256 * 49152 * 4
+    assert "CUDA" not in str(M.estimate_memory("tiny", device="cpu"))
+    assert "<table>" in e._repr_html_()
+
+
+def test_checkpointing_lora_and_chunked_loss_each_save_memory():
+    kw = dict(batch_size=2, seq_len=1024, param_dtype="bf16", device="cuda")
+    base = M.estimate_memory("llama-3.2-1b", **kw).total_bytes
+    assert M.estimate_memory("llama-3.2-1b", gradient_checkpointing=True, **kw).total_bytes < base
+    assert M.estimate_memory("llama-3.2-1b", method="lora", **kw).total_bytes < base
+    assert M.estimate_memory("llama-3.2-1b", loss="chunked", **kw).total_bytes < base
+
+
+def test_lora_dropout_and_fp32_adapters_copy_the_input_per_adapter():
+    # peft casts the input to the adapter's fp32 and drops it out separately for every target module
+    kw = dict(method="lora", batch_size=8, seq_len=1024, param_dtype="bf16", device="cuda")
+    act = lambda e: sum(c.bytes for c in e.components if c.category == "activations")  # noqa: E731
+    with_dropout = M.estimate_memory("llama-3.2-1b", lora_dropout=0.05, **kw)
+    without = M.estimate_memory("llama-3.2-1b", lora_dropout=0.0, **kw)
+    qv_only = M.estimate_memory("llama-3.2-1b", lora_dropout=0.0, lora_targets=["q_proj", "v_proj"], **kw)
+    assert act(with_dropout) > act(without) > act(qv_only)
+
+
+def test_full_finetuning_of_a_small_batch_peaks_in_the_optimizer_step():
+    e = M.estimate_memory("llama-3.2-1b", batch_size=1, seq_len=128, param_dtype="bf16", optimizer_impl="foreach")
+    assert e.peak_phase == "optimizer step"
+
+
+def test_worked_7b_example_term_by_term():
+    rows = M.worked_example_7b()
+    terms = {name: gib for name, gib, _ in rows}
+    P = M.ARCHITECTURES["llama-2-7b"].num_parameters()
+    assert terms["parameters (billions)"] == pytest.approx(P / 1e9)
+    assert terms["fp32 master weights"] == pytest.approx(4 * P / 2**30)
+    assert terms["fp32 gradients"] == pytest.approx(4 * P / 2**30)
+    assert terms["AdamW states (m, v)"] == pytest.approx(8 * P / 2**30)
+    assert terms["checkpoints: one hidden state per layer"] == pytest.approx(32 * 4 * 2048 * 4096 * 4 / 2**30)
+    assert terms["logits + fp32 cross-entropy buffers"] == pytest.approx(3 * 8192 * 32000 * 4 / 2**30)
+    naive = terms["sum of all terms (never all alive at once)"]
+    assert naive == pytest.approx(sum(g for _, g, _ in rows[1:-2]))
+    peak_name, peak, _ = rows[-1]
+    est = M.estimate_memory("llama-2-7b", mixed_precision="fp16", gradient_checkpointing=True, batch_size=4, seq_len=2048, padded=False)
+    assert peak == pytest.approx(est.tensor_bytes / 2**30)
+    assert 16 * P / 2**30 < peak < naive  # at least weights + grads + states, less than everything at once
+    assert "backward" in peak_name or "optimizer" in peak_name
+
+
+def test_inference_kv_cache():
+    e = M.estimate_inference_memory("llama-3.1-8b", batch_size=1, context_len=8192, param_dtype="bf16", device="cpu")
+    assert e.by_category()["KV cache"] == 8192 * 2 * 32 * 8 * 128 * 2  # 128 KiB per token
+    assert e.by_category()["weights"] == 8_030_261_248 * 2
+
+
+def test_advise_largest_batch_is_the_boundary():
+    a = M.advise("smollm2-360m", "t4-16gb", method="full", param_dtype="bf16", batch_size=4, seq_len=1024)
+    usable = a.usable_bytes
+    b = a.largest_batch_size
+    assert b >= 1
+    kw = dict(method="full", param_dtype="bf16", seq_len=1024, device="t4-16gb")
+    assert M.estimate_memory("smollm2-360m", batch_size=b, **kw).total_bytes <= usable
+    assert M.estimate_memory("smollm2-360m", batch_size=b + 1, **kw).total_bytes > usable
+    assert any("checkpointing" in c[0] and c[2] > 0 for c in a.changes)
+    assert [c[2] for c in a.changes] == sorted((c[2] for c in a.changes), reverse=True)
+    assert "largest batch size" in str(a)
+
+
+def test_dgx_spark_preset_is_unified_memory_with_a_reserve():
+    spark = M.HARDWARE["dgx-spark"]
+    assert spark.total_gib == pytest.approx(128e9 / 2**30, rel=0.01)
+    assert spark.usable_gib < spark.total_gib - 8
+    assert "unified" in spark.note
+
+
+def test_bad_inputs_give_clear_errors():
+    with pytest.raises(ValueError, match="unknown model"):
+        M.estimate_memory("no-such-model-anywhere")
+    with pytest.raises(ValueError, match="method"):
+        M.estimate_memory("tiny", method="magic")
+    with pytest.raises(ValueError, match="qlora"):
+        M.estimate_memory("tiny", method="full", quantization="nf4")
+    with pytest.raises(ValueError, match="CUDA"):
+        M.estimate_memory("tiny", optimizer="adamw_8bit", device="cpu")
+
+
+def test_cli_prints_the_breakdown(capsys):
+    assert M.cli_main(["--model", "smollm2-135m", "--method", "lora", "--batch-size", "4", "--device", "dgx-spark", "--advise"]) == 0
+    out = capsys.readouterr().out
+    assert "peak:" in out and "LoRA adapters" in out and "fits" in out and "largest batch size" in out
+    assert M.cli_main(["--model", "tiny", "--device", "cpu", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["total_bytes"] == sum(i["bytes"] for i in data["items"])
+    assert M.cli_main(["--model", "nope-model"]) == 2
+
+
+def test_explorer_update_without_a_browser():
+    from ftlab.memory_viz import MemoryExplorer, plot_breakdown
+
+    ex = MemoryExplorer(model="llama-3.1-8b", device="rtx-4090-24gb")
+    s = ex.update(method="full", param_dtype="bf16", batch_size=4, seq_len=2048)
+    assert not s.fits and "DOES NOT FIT" in s.verdict
+    s = ex.update(method="qlora", gradient_checkpointing=True, batch_size=1)
+    assert s.fits and "FITS" in s.verdict
+    ax = plot_breakdown({"full": M.estimate_memory("tiny", device="cpu"), "lora": M.estimate_memory("tiny", method="lora", device="cpu")})
+    assert len(ax.patches) >= 4
+    import ipywidgets
+
+    assert isinstance(ex.widget(), ipywidgets.VBox)
