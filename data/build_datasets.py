@@ -1021,7 +1021,7 @@ def print_stats(out_dir):
                                                        {"role": "assistant", "content": r["chosen"]}]) for r in rows])
 
 
-def score_base(out_dir, per_task, batch_size=16, log_path=None):
+def score_base(out_dir, per_task, batch_size=16, log_path=None, threads=None):
     """Greedy answers of the base SmolLM2-135M-Instruct on the first ``per_task`` test examples of each task.
 
     Tasks are interleaved and every batch's predictions are appended to ``log_path`` as JSONL, so a
@@ -1036,6 +1036,10 @@ def score_base(out_dir, per_task, batch_size=16, log_path=None):
     rows = [json.loads(line) for line in open(Path(out_dir) / "instructions" / "test.jsonl", encoding="utf-8")]
     by_task = [[r for r in rows if r["task"] == task][:per_task] for task in TASKS]
     chosen = [group[i] for i in range(per_task) for group in by_task if i < len(group)]
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)  # on a crowded CPU, one thread wastes less time waiting
     model, tok = load_model("smollm2-135m-instruct", device="cpu")
     t0 = time.time()
     preds = []
@@ -1073,6 +1077,8 @@ def main(argv=None):
     p.add_argument("--stats", action="store_true", help="print token-length statistics (loads the tokenizer)")
     p.add_argument("--verify-probes", action="store_true", help="rewrite probes.jsonl by asking the real model")
     p.add_argument("--score-base", type=int, metavar="N", help="score the base model on N test examples per task")
+    p.add_argument("--batch-size", type=int, default=16, help="generation batch size for --score-base")
+    p.add_argument("--threads", type=int, help="torch CPU threads for --score-base (default: torch's choice)")
     p.add_argument("--score-log", type=Path, help="append the base model's predictions here (JSONL)")
     args = p.parse_args(argv)
     sizes = {k: round(v * args.scale) for k, v in SIZES.items()}
@@ -1085,7 +1091,7 @@ def main(argv=None):
         if args.stats:
             print_stats(args.out)
         if args.score_base:
-            score_base(args.out, args.score_base, log_path=args.score_log)
+            score_base(args.out, args.score_base, batch_size=args.batch_size, log_path=args.score_log, threads=args.threads)
         return
     if args.verify_probes:
         return
