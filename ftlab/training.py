@@ -381,9 +381,9 @@ def train(model, tokenizer, train_data, eval_data=None, config: TrainConfig | No
     with _StopOnInterrupt() as interrupt:
         try:
             while step < config.max_steps:
-                t0 = time.time()
                 # This step's micro-batches: grad_accum_steps per process, dealt out round-robin.
                 micro = stream.take(config.grad_accum_steps * world)[rank::world]
+                t0 = time.time()  # (after take(): a new epoch's batches are built there, once per epoch)
                 micro = [{k: v.to(accelerator.device) for k, v in b.items()} for b in micro]
                 # The loss's denominator: trained tokens of the whole step, summed over every process.
                 # (labels[:, 1:]: the first token of a row is never predicted.)
