@@ -808,3 +808,193 @@ def _trained_tokens():
     tok = _smollm2_tokenizer()  # SmolLM2's tokenizer, as ftlab.load_tokenizer("tiny") returns it
     example = tokenize_example(_DATE_RECORD, tok)
     return sum(label != -100 for label in example["labels"])  # "2025-07-03" + <|im_end|>
+
+
+# =========================================================================== notebook 03 (helper N2)
+# Exercises of 03_full_fine_tuning: memory of full fine-tuning, early stopping, checkpoints.
+
+
+@exercise(
+    "memory.full_ft_135m_gib", Number(rtol=2e-3),
+    question="SmolLM2-135M has 134,515,008 parameters. How many GiB do its weights, gradients and AdamW states "
+             "take in full fp32 fine-tuning (activations not counted)?",
+    mistakes=[
+        (lambda: 134_515_008 * 4 / 2**30, "That is the weights only; training also keeps a gradient and AdamW's "
+                                          "two moments (m and v) per parameter: 16 bytes in all."),
+        (lambda: 134_515_008 * 12 / 2**30, "One 4-byte item is missing: weight, gradient, AdamW m AND AdamW v."),
+        (lambda: 134_515_008 * 8 / 2**30, "AdamW keeps two fp32 states per parameter on top of weight and gradient."),
+        (lambda: 134_515_008 * 16 / 1e9, "That is GB (10^9 bytes); the question asks for GiB (2^30 bytes)."),
+    ],
+    explanation="16 bytes per parameter: about 2 GiB for 135M, over 100 GiB for a 7B model, before activations.",
+)
+def _full_ft_135m_gib():
+    n_params = 134_515_008
+    bytes_per_param = 4 + 4 + 4 + 4  # fp32 weight, gradient, AdamW m, AdamW v
+    return n_params * bytes_per_param / 2**30  # ≈ 2.00 GiB
+
+
+def _best_step_cases():
+    h1 = [{"step": 0, "val_loss": 2.0}, {"step": 5, "loss": 1.9}, {"step": 10, "loss": 1.5, "val_loss": 1.6},
+          {"step": 15, "loss": 1.1}, {"step": 20, "loss": 0.7, "val_loss": 1.7}]
+    h2 = [{"step": 0, "val_loss": 3.0}] + [{"step": s, "loss": 3.0 - 0.4 * s, "val_loss": 3.0 - 0.2 * s + 0.05 * s * s}
+                                           for s in range(1, 7)]
+    h3 = [{"step": 0, "val_loss": 1.0}, {"step": 2, "loss": 0.4, "val_loss": 1.3}, {"step": 4, "loss": 0.6, "val_loss": 1.1}]
+    return [(h1,), (h2,), (h3,)]
+
+
+@exercise(
+    "training.best_step", Function(_best_step_cases),
+    question="Write best_step(history): the 'step' whose 'val_loss' is lowest (only evaluation steps have one).",
+    mistakes=[
+        (lambda: (lambda history: min((h for h in history if "loss" in h), key=lambda h: h["loss"])["step"]),
+         "You picked the lowest *training* loss; it keeps falling while the model memorises. Use 'val_loss'."),
+        (lambda: (lambda history: [h for h in history if "val_loss" in h][-1]["step"]),
+         "That is the last evaluation; early stopping keeps the best one, the lowest 'val_loss'."),
+        (lambda: (lambda history: min(range(len(history)), key=lambda i: history[i].get("val_loss", math.inf))),
+         "That is the position in the list; return the record's 'step' field."),
+    ],
+    explanation="Early stopping keeps the checkpoint of the lowest validation loss, not the last or lowest training loss.",
+)
+def _best_step():
+    def best_step(history):
+        evaluated = [h for h in history if h.get("val_loss") is not None]  # evaluation steps only
+        return min(evaluated, key=lambda h: h["val_loss"])["step"]  # min keeps the first on ties
+
+    return best_step
+
+
+@exercise(
+    "checkpoint.lost_steps", Number(rtol=0, atol=0.5),
+    question="A run checkpoints every 20 steps (save_every=20, keep_last=2) and crashes right after step 90 has "
+             "finished. After resume_from='latest', how many completed optimizer steps must be trained again?",
+    mistakes=[
+        (lambda: 90, "That is starting over; resume_from='latest' continues from the newest checkpoint."),
+        (lambda: 30, "keep_last=2 keeps two checkpoints (steps 60 and 80); resuming takes the newest, step 80."),
+        (lambda: 11, "Step 90 finished before the crash, so steps 81 to 90 are lost: count them again."),
+    ],
+    explanation="Only the steps since the newest checkpoint are lost; checkpoint often enough that a crash is cheap.",
+)
+def _lost_steps():
+    save_every, crashed_after = 20, 90
+    last_checkpoint = crashed_after // save_every * save_every  # 80: the newest checkpoint
+    return crashed_after - last_checkpoint  # 10 steps to train again
+
+
+# =========================================================================== notebook 04 (helper N3)
+# LoRA merging and NF4 double quantisation. (notebook 04 also uses "lora.trainable_params" above.)
+
+
+def _merge_cases():
+    import torch
+
+    g = torch.Generator().manual_seed(4)
+    cases = []
+    for d_out, d_in, r, alpha in ((6, 5, 2, 4.0), (8, 8, 4, 16.0), (3, 7, 1, 1.0), (5, 4, 3, 8.0)):
+        cases.append((torch.randn(d_out, d_in, generator=g), torch.randn(r, d_in, generator=g),
+                      torch.randn(d_out, r, generator=g), alpha, r))
+    return cases
+
+
+@exercise(
+    "lora.merge_weight", Function(_merge_cases, rtol=1e-5, atol=1e-5),
+    question="Write merge(W, A, B, alpha, r): W [d_out, d_in] frozen, A [r, d_in], B [d_out, r]; return the merged "
+             "weight that computes the same as the LoRA layer.",
+    mistakes=[
+        (lambda: (lambda W, A, B, alpha, r: W + B @ A), "The adapter's update is scaled by alpha / r; multiply B @ A by it."),
+        (lambda: (lambda W, A, B, alpha, r: W + alpha * (B @ A)), "The scale is alpha / r, not alpha: divide by the rank."),
+        (lambda: (lambda W, A, B, alpha, r: W + (r / alpha) * (B @ A)), "The scale is alpha / r (you used r / alpha)."),
+        (lambda: (lambda W, A, B, alpha, r: (alpha / r) * (B @ A)), "Only the update: add the frozen weight W too."),
+    ],
+    explanation="Merging folds W0 + (alpha/r)·B·A into one matrix: the same function, no adapter layers at inference.",
+)
+def _merge_weight():
+    def merge(W, A, B, alpha, r):
+        # W: [d_out, d_in], A: [r, d_in], B: [d_out, r]
+        return W + (alpha / r) * (B @ A)  # the adapter's update folded into the weight
+
+    return merge
+
+
+@exercise(
+    "quant.double_quant_bits", Number(rtol=1e-4),
+    question="NF4 with double quantisation: 4-bit codes, blocks of 64 weights whose absmax is stored in 8 bits, and "
+             "one fp32 scale per 256 of those absmax values. How many bits per weight in total (ignore the one offset)?",
+    mistakes=[
+        (lambda: 4 + 32 / 64, "That is NF4 without double quantisation (fp32 absmax): the absmax is stored in 8 bits here."),
+        (lambda: 4.0, "The codes alone; every block of 64 also stores its scale (8 bits), and every 256 blocks an fp32 one."),
+        (lambda: 4 + 8 / 64, "Almost: the second-level fp32 scale (one per 256 blocks of 64 weights) adds 32 / 16384 bit."),
+        (lambda: (4 + 8 / 64 + 32 / (64 * 256)) / 8, "That is bytes per weight; the question asks for bits."),
+    ],
+    explanation="≈ 4.127 bits = 0.516 bytes per weight, against 4.5 bits with fp32 block scales and 32 bits in fp32.",
+)
+def _double_quant_bits():
+    codes = 4  # the NF4 code of each weight
+    absmax_8bit = 8 / 64  # one 8-bit absmax per block of 64 weights
+    second_level = 32 / (64 * 256)  # one fp32 scale per 256 blocks
+    return codes + absmax_8bit + second_level  # ≈ 4.127
+
+
+# =========================================================================== notebook 05 (helper N4)
+# Exercises of 05_instruction_tuning: the end-of-turn label, and diagnosing a model that never stops.
+
+
+def _eot_cases():
+    from ftlab.templates import tokenize_example
+
+    tok = _smollm2_tokenizer()
+    records = [
+        _DATE_RECORD,
+        {"messages": [{"role": "system", "content": "Answer with one word."},
+                      {"role": "user", "content": "Category of: 'my card was charged twice'?"},
+                      {"role": "assistant", "content": "billing"},
+                      {"role": "user", "content": "And: 'the parcel never arrived'?"},
+                      {"role": "assistant", "content": "shipping"}]},
+    ]
+    cases = []
+    for record in records:
+        ex = tokenize_example(record, tok)
+        cases.append((ex["input_ids"], ex["labels"], tok.convert_tokens_to_ids("<|im_end|>")))
+    return cases
+
+
+@exercise(
+    "templates.mask_end_of_turn", Function(_eot_cases, rtol=0, atol=0),
+    question="Write mask_end_of_turn(input_ids, labels, end_id): return a copy of labels in which every trained "
+             "end-of-turn token (label == end_id) gets the label -100; everything else unchanged.",
+    mistakes=[
+        (lambda: (lambda input_ids, labels, end_id: [l for l in labels if l != end_id]),
+         "Don't delete the token: labels must stay aligned with input_ids, one label per token. Set it to -100."),
+        (lambda: (lambda input_ids, labels, end_id: [-100 if t == end_id else t for t in input_ids]),
+         "You rebuilt the labels from input_ids, so every masked prompt token became trained again. Start from labels."),
+        (lambda: (lambda input_ids, labels, end_id: labels[:max(i for i, l in enumerate(labels) if l == end_id)]
+                  + [-100] + labels[max(i for i, l in enumerate(labels) if l == end_id) + 1:]),
+         "Only the last turn's end token is masked; a multi-turn conversation has one per assistant turn."),
+    ],
+    explanation="Without a trained end-of-turn token the model is never taught where an answer ends.",
+)
+def _mask_end_of_turn():
+    def mask_end_of_turn(input_ids, labels, end_id):
+        # labels are not shifted: position i's label is the token at position i (or -100)
+        return [-100 if label == end_id else label for label in labels]
+
+    return mask_end_of_turn
+
+
+@exercise(
+    "instruct.never_stops", Choice({
+        "a": "the learning rate was too high",
+        "b": "the end-of-turn token's label was -100 (e.g. pad token = eos token, and padding masked by id)",
+        "c": "the training data had no system prompt",
+        "d": "LoRA rank too small to learn the format",
+    }),
+    question="After fine-tuning, the model writes the right answer and then keeps going ('### Instruction: ...') "
+             "until max_new_tokens. Which cause is the most likely?",
+    mistakes=[
+        (lambda: "a", "A too-high learning rate shows as a loss spike or gibberish, not as a right answer that never ends."),
+        (lambda: "c", "A system prompt steers the style; it is not what tells the model where its answer ends."),
+        (lambda: "d", "The answers are right, so the adapter learned the task; what it never saw is a trained stop token."),
+    ],
+    explanation="The model only learns to emit the end-of-turn token if that token is a trained label.",
+)
+def _never_stops():
+    return "b"  # masking the end-of-turn label (a classic when pad == eos) removes the only 'stop here' signal
