@@ -356,7 +356,7 @@ class MemoryEstimate:
             lines.append(f"{self.device.name}: {verdict} ({self.device.usable_gib:.1f} GiB usable of {self.device.total_gib:.1f} GiB)")
         if len(self.phases) > 1:
             lines.append("")
-            lines.append("total at each moment of the step:")
+            lines.append("tensors alive at each moment of the step" + (" (CUDA overhead not included):" if self.tensor_bytes != self.total_bytes else ":"))
             for ph, b in self.phases.items():
                 lines.append(f"  {ph:<44} {_fmt(b):>11}" + ("   <- peak" if ph == self.peak_phase else ""))
         return "\n".join(lines)
@@ -603,7 +603,7 @@ def estimate_memory(
         if not ts:
             return 0
         if lora_dropout > 0:  # every adapter drops out its own copy; CPU keeps a float noise tensor, CUDA a bool mask
-            per = T * in_features * (lora_b if m != lora_b else m) + T * in_features * (m if kind == "cpu" else 1)
+            per = T * in_features * lora_b + T * in_features * (lora_b if kind == "cpu" else 1)
             return len(ts) * per
         if m != lora_b:  # the input is cast to the adapter's fp32 once per adapter
             return len(ts) * T * in_features * lora_b
