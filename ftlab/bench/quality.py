@@ -59,12 +59,17 @@ def main(argv=None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--eval-batch-size", type=int, default=16)
     p.add_argument("--no-probes", action="store_true", help="skip the forgetting check")
+    p.add_argument("--n-probes", type=int, default=None, help="ask only the first N probes (default: all)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 is faster on a machine crowded with other jobs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--show", type=int, default=6, help="changed examples to print")
     args = p.parse_args(argv)
 
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from ftlab import TrainConfig, load_model, train
     from ftlab.course_data import TASKS, load_course_data
     from ftlab.evaluate import comparison_from_results, evaluate_model, forgetting_report, probe_accuracy
@@ -79,7 +84,7 @@ def main(argv=None) -> int:
     val_records = [r for r in load_course_data("instructions", "validation") if r["task"] in tasks][:32]
     test_pool = [r for r in load_course_data("instructions", "test") if r["task"] in tasks]
     test_records = sample_test_records(test_pool, args.n_test, args.seed)
-    probes = None if args.no_probes else load_course_data("probes")
+    probes = None if args.no_probes else load_course_data("probes")[: args.n_probes]
 
     print(f"ftlab quality benchmark  model={args.model}  torch threads={torch.get_num_threads()}  "
           f"started {time.strftime('%Y-%m-%d %H:%M:%S')}")
