@@ -944,3 +944,226 @@ def _mask_end_of_turn():
 )
 def _never_stops():
     return "b"  # masking the end-of-turn label (a classic when pad == eos) removes the only 'stop here' signal
+
+
+# =========================================================================== notebook 04 (helper N3)
+# LoRA merging and NF4 double quantisation. (notebook 04 also uses "lora.trainable_params" above.)
+
+
+def _merge_cases():
+    import torch
+
+    g = torch.Generator().manual_seed(4)
+    cases = []
+    for d_out, d_in, r, alpha in ((6, 5, 2, 4.0), (8, 8, 4, 16.0), (3, 7, 1, 1.0), (5, 4, 3, 8.0)):
+        cases.append((torch.randn(d_out, d_in, generator=g), torch.randn(r, d_in, generator=g),
+                      torch.randn(d_out, r, generator=g), alpha, r))
+    return cases
+
+
+@exercise(
+    "lora.merge_weight", Function(_merge_cases, rtol=1e-5, atol=1e-5),
+    question="Write merge(W, A, B, alpha, r): W [d_out, d_in] frozen, A [r, d_in], B [d_out, r]; return the merged "
+             "weight that computes the same as the LoRA layer.",
+    mistakes=[
+        (lambda: (lambda W, A, B, alpha, r: W + B @ A), "The adapter's update is scaled by alpha / r; multiply B @ A by it."),
+        (lambda: (lambda W, A, B, alpha, r: W + alpha * (B @ A)), "The scale is alpha / r, not alpha: divide by the rank."),
+        (lambda: (lambda W, A, B, alpha, r: W + (r / alpha) * (B @ A)), "The scale is alpha / r (you used r / alpha)."),
+        (lambda: (lambda W, A, B, alpha, r: (alpha / r) * (B @ A)), "Only the update: add the frozen weight W too."),
+    ],
+    explanation="Merging folds W0 + (alpha/r)·B·A into one matrix: the same function, no adapter layers at inference.",
+)
+def _merge_weight():
+    def merge(W, A, B, alpha, r):
+        # W: [d_out, d_in], A: [r, d_in], B: [d_out, r]
+        return W + (alpha / r) * (B @ A)  # the adapter's update folded into the weight
+
+    return merge
+
+
+@exercise(
+    "quant.double_quant_bits", Number(rtol=1e-4),
+    question="NF4 with double quantisation: 4-bit codes, blocks of 64 weights whose absmax is stored in 8 bits, and "
+             "one fp32 scale per 256 of those absmax values. How many bits per weight in total (ignore the one offset)?",
+    mistakes=[
+        (lambda: 4 + 32 / 64, "That is NF4 without double quantisation (fp32 absmax): the absmax is stored in 8 bits here."),
+        (lambda: 4.0, "The codes alone; every block of 64 also stores its scale (8 bits), and every 256 blocks an fp32 one."),
+        (lambda: 4 + 8 / 64, "Almost: the second-level fp32 scale (one per 256 blocks of 64 weights) adds 32 / 16384 bit."),
+        (lambda: (4 + 8 / 64 + 32 / (64 * 256)) / 8, "That is bytes per weight; the question asks for bits."),
+    ],
+    explanation="≈ 4.127 bits = 0.516 bytes per weight, against 4.5 bits with fp32 block scales and 32 bits in fp32.",
+)
+def _double_quant_bits():
+    codes = 4  # the NF4 code of each weight
+    absmax_8bit = 8 / 64  # one 8-bit absmax per block of 64 weights
+    second_level = 32 / (64 * 256)  # one fp32 scale per 256 blocks
+    return codes + absmax_8bit + second_level  # ≈ 4.127
+
+
+# =========================================================================== notebook 05 (helper N4)
+# Exercises of 05_instruction_tuning: the end-of-turn label, and diagnosing a model that never stops.
+
+
+def _eot_cases():
+    from ftlab.templates import tokenize_example
+
+    tok = _smollm2_tokenizer()
+    records = [
+        _DATE_RECORD,
+        {"messages": [{"role": "system", "content": "Answer with one word."},
+                      {"role": "user", "content": "Category of: 'my card was charged twice'?"},
+                      {"role": "assistant", "content": "billing"},
+                      {"role": "user", "content": "And: 'the parcel never arrived'?"},
+                      {"role": "assistant", "content": "shipping"}]},
+    ]
+    cases = []
+    for record in records:
+        ex = tokenize_example(record, tok)
+        cases.append((ex["input_ids"], ex["labels"], tok.convert_tokens_to_ids("<|im_end|>")))
+    return cases
+
+
+@exercise(
+    "templates.mask_end_of_turn", Function(_eot_cases, rtol=0, atol=0),
+    question="Write mask_end_of_turn(input_ids, labels, end_id): return a copy of labels in which every trained "
+             "end-of-turn token (label == end_id) gets the label -100; everything else unchanged.",
+    mistakes=[
+        (lambda: (lambda input_ids, labels, end_id: [l for l in labels if l != end_id]),
+         "Don't delete the token: labels must stay aligned with input_ids, one label per token. Set it to -100."),
+        (lambda: (lambda input_ids, labels, end_id: [-100 if t == end_id else t for t in input_ids]),
+         "You rebuilt the labels from input_ids, so every masked prompt token became trained again. Start from labels."),
+        (lambda: (lambda input_ids, labels, end_id: labels[:max(i for i, l in enumerate(labels) if l == end_id)]
+                  + [-100] + labels[max(i for i, l in enumerate(labels) if l == end_id) + 1:]),
+         "Only the last turn's end token is masked; a multi-turn conversation has one per assistant turn."),
+    ],
+    explanation="Without a trained end-of-turn token the model is never taught where an answer ends.",
+)
+def _mask_end_of_turn():
+    def mask_end_of_turn(input_ids, labels, end_id):
+        # labels are not shifted: position i's label is the token at position i (or -100)
+        return [-100 if label == end_id else label for label in labels]
+
+    return mask_end_of_turn
+
+
+@exercise(
+    "instruct.never_stops", Choice({
+        "a": "the learning rate was too high",
+        "b": "the end-of-turn token's label was -100 (e.g. pad token = eos token, and padding masked by id)",
+        "c": "the training data had no system prompt",
+        "d": "LoRA rank too small to learn the format",
+    }),
+    question="After fine-tuning, the model writes the right answer and then keeps going ('### Instruction: ...') "
+             "until max_new_tokens. Which cause is the most likely?",
+    mistakes=[
+        (lambda: "a", "A too-high learning rate shows as a loss spike or gibberish, not as a right answer that never ends."),
+        (lambda: "c", "A system prompt steers the style; it is not what tells the model where its answer ends."),
+        (lambda: "d", "The answers are right, so the adapter learned the task; what it never saw is a trained stop token."),
+    ],
+    explanation="The model only learns to emit the end-of-turn token if that token is a trained label.",
+)
+def _never_stops():
+    return "b"  # masking the end-of-turn label (a classic when pad == eos) removes the only 'stop here' signal
+
+
+# =========================================================================== notebook 06 (helper N5)
+# Exercises of 06_evaluation: token F1 by hand, a word-level grounding check, sizing a test set.
+
+
+@exercise(
+    "evaluate.token_f1_verbose", Number(rtol=1e-3),
+    question="Reference 'ParcelGo', prediction 'It was shipped with ParcelGo.' What is the SQuAD token F1?",
+    mistakes=[
+        (lambda: 0.2, "That is the precision (1 shared word of 5); F1 also uses the recall (1 of 1): 2PR/(P+R)."),
+        (lambda: 1.0, "That is the recall; the four extra words lower the precision to 1/5."),
+        (lambda: 0.0, "That is exact match; token F1 gives partial credit for the shared word 'parcelgo'."),
+        (lambda: 2 * (1 / 6) / (1 + 1 / 6), "Punctuation is removed before splitting: 'parcelgo.' becomes 'parcelgo', "
+                                             "so there are 5 predicted words, not 6."),
+    ],
+    explanation="Padding a right value with words costs precision: F1 = 1/3 here, and 1.0 for the bare value.",
+)
+def _token_f1_verbose():
+    pred = "it was shipped with parcelgo".split()  # lower case, punctuation removed, no article to drop
+    ref = ["parcelgo"]
+    overlap = 1  # 'parcelgo' occurs in both
+    precision, recall = overlap / len(pred), overlap / len(ref)  # 1/5 and 1/1
+    return 2 * precision * recall / (precision + recall)  # = 1/3
+
+
+_GROUNDING_STOP = frozenset({"a", "an", "the", "is", "was", "it", "of", "to", "in", "order", "status"})
+
+
+def _grounding_cases():
+    row = "| BW-990054 | Quentin Silva | 2025-06-30 | AeroKettle Mini | qty 2 | $39.90 | ParcelGo | Graz | returned |"
+    return [
+        ("returned", row, _GROUNDING_STOP),
+        ("It was RETURNED.", row, _GROUNDING_STOP),  # case and punctuation must not matter
+        ("shipped to Vienna", row, _GROUNDING_STOP),  # nothing grounded
+        ("The order went to Graz", row, _GROUNDING_STOP),  # 'went' is not in the row: 1 of 2 content words
+        ("BW-990054 returned on 2025-07-01", row, _GROUNDING_STOP),  # digits split into tokens
+        ("", row, _GROUNDING_STOP),  # claims nothing
+        ("the of it", row, _GROUNDING_STOP),  # only function words: claims nothing
+        ("Graz Graz Vienna", row, _GROUNDING_STOP),  # counted per occurrence
+        ("returned", row, frozenset()),  # with no stopwords
+        ("Kettle Mini", row, _GROUNDING_STOP),  # 'kettle' is only part of the token 'aerokettle'
+    ]
+
+
+def _words_lower(text):
+    import re
+
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+@exercise(
+    "evaluate.grounded_fraction", Function(_grounding_cases),
+    question="Write grounded_fraction(answer, context, stopwords): tokens = re.findall(r'[a-z0-9]+', text.lower()) "
+             "minus stopwords; return the fraction of the answer's tokens found among the context's tokens "
+             "(1.0 if the answer has no content token).",
+    mistakes=[
+        (lambda: (lambda answer, context, stopwords: (lambda a: sum(t in context.lower() for t in a) / len(a) if a else 1.0)(
+            [t for t in _words_lower(answer) if t not in stopwords])),
+         "You searched the context as one string: 'to' is found inside 'Quentin'. Compare whole tokens (a set of the context's tokens)."),
+        (lambda: (lambda answer, context, stopwords: (lambda a, c: sum(t in c for t in a) / len(a) if a else 1.0)(
+            _words_lower(answer), set(_words_lower(context)))),
+         "Drop the stopwords first: function words like 'the' or 'was' say nothing about whether the answer is grounded."),
+        (lambda: (lambda answer, context, stopwords: (lambda a, c: sum(t in c for t in a) / len(a) if a else 0.0)(
+            [t for t in _words_lower(answer) if t not in stopwords], set(_words_lower(context)) - set(stopwords))),
+         "An answer with no content word claims nothing, so nothing in it is made up: return 1.0, not 0.0."),
+        (lambda: (lambda answer, context, stopwords: (lambda a, c: len(set(a) & c) / len(c) if c else 1.0)(
+            [t for t in _words_lower(answer) if t not in stopwords], set(_words_lower(context)) - set(stopwords))),
+         "That is the share of the context used by the answer; the check asks how much of the ANSWER is in the context."),
+    ],
+    explanation="A word-level check: it catches invented words, not a wrong value copied from the context.",
+)
+def _grounded_fraction():
+    import re
+
+    def grounded_fraction(answer, context, stopwords):
+        def words(text):
+            return [t for t in re.findall(r"[a-z0-9]+", text.lower()) if t not in stopwords]
+
+        claimed, available = words(answer), set(words(context))
+        if not claimed:
+            return 1.0  # nothing claimed, nothing made up
+        return sum(t in available for t in claimed) / len(claimed)
+
+    return grounded_fraction
+
+
+@exercise(
+    "evaluate.ci_sample_size", Number(rtol=0, atol=0.5),
+    question="How many test examples give a 95% CI half-width of at most 0.05 for an accuracy, in the worst case "
+             "p = 0.5 (z = 1.96)?",
+    mistakes=[
+        (lambda: 384, "384.16 must be rounded UP: 384 examples give a half-width just above 0.05."),
+        (lambda: 400, "That uses z = 2; with z = 1.96 the answer is 385 (400 is a fine, slightly safer round number)."),
+        (lambda: 20, "Square it: n = (z / half-width)^2 · p(1-p), the square root is in the half-width formula."),
+        (lambda: 1537, "That is for a half-width of 0.025 (or a full width of 0.05); the question asks for ±0.05."),
+        (lambda: 97, "That is for ±0.10; a half-width of 0.05 needs four times as many examples."),
+    ],
+    explanation="n = ⌈(1.96/0.05)² · 0.25⌉ = 385; halving the interval costs four times the examples.",
+)
+def _ci_sample_size():
+    z, p, half_width = 1.96, 0.5, 0.05
+    return math.ceil((z / half_width) ** 2 * p * (1 - p))  # 384.16 -> 385
