@@ -65,12 +65,15 @@ class BrowserCase:
 
 
 CASES = [
-    BrowserCase("demo", None, slider="steps", presses=5),
-    # A course notebook runs whole under ci before its slider moves: 02 took 161 s on the shared
-    # 2-core machine (passed), so it needs a longer Run All limit than the demo.
-    # BrowserCase("02_loss_math", ROOT / "notebooks" / "02_loss_math.ipynb", slider="warmup",
-    #             presses=5, run_timeout_s=300),
+    # A real course notebook: Run All executes the whole lesson under the ci profile, then the
+    # "batch" slider of the hardware table (estimated memory per model and method) is moved.
+    BrowserCase("00_concepts", ROOT / "notebooks" / "00_concepts.ipynb", slider="batch", presses=3,
+                run_timeout_s=300),
 ]
+# The self-contained demo notebook (no course code) stays available for debugging the harness:
+#   FTLAB_BROWSER_DEMO=1 pytest -m browser
+if os.environ.get("FTLAB_BROWSER_DEMO"):
+    CASES = [BrowserCase("demo", None, slider="steps", presses=5)]
 # Any notebook from the command line, e.g. while writing one:
 #   FTLAB_BROWSER_NOTEBOOK=notebooks/02_loss_math.ipynb FTLAB_BROWSER_SLIDER=warmup pytest -m browser
 if os.environ.get("FTLAB_BROWSER_NOTEBOOK"):
