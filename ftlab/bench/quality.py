@@ -62,6 +62,10 @@ def main(argv=None) -> int:
     p.add_argument("--n-probes", type=int, default=None, help="ask only the first N probes (default: all)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 is faster on a machine crowded with other jobs)")
+    p.add_argument("--system-prompt", choices=("course", "default"), default="course",
+                   help="course: train and test with the course's system prompt, so the new behaviour is tied to "
+                        "it and general questions (asked with the model's default prompt) are disturbed less; "
+                        "default: no system message (the chat template inserts the model's own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--show", type=int, default=6, help="changed examples to print")
     args = p.parse_args(argv)
@@ -71,7 +75,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from ftlab import TrainConfig, load_model, train
-    from ftlab.course_data import TASKS, load_course_data
+    from ftlab.course_data import SYSTEM_PROMPT, TASKS, load_course_data
     from ftlab.evaluate import comparison_from_results, evaluate_model, forgetting_report, probe_accuracy
 
     t_start = time.perf_counter()
@@ -85,6 +89,10 @@ def main(argv=None) -> int:
     test_pool = [r for r in load_course_data("instructions", "test") if r["task"] in tasks]
     test_records = sample_test_records(test_pool, args.n_test, args.seed)
     probes = None if args.no_probes else load_course_data("probes")[: args.n_probes]
+    if args.system_prompt == "course":
+        # A system prompt is part of the data: tying the task to it is a cheap guard against forgetting.
+        train_records, val_records, test_records = (
+            [{**r, "system": SYSTEM_PROMPT} for r in rs] for rs in (train_records, val_records, test_records))
 
     print(f"ftlab quality benchmark  model={args.model}  torch threads={torch.get_num_threads()}  "
           f"started {time.strftime('%Y-%m-%d %H:%M:%S')}")
@@ -94,7 +102,7 @@ def main(argv=None) -> int:
           "(sd 0.5, scores 0/1); the paired difference's CI is usually narrower")
     print(f"training: LoRA r={args.rank} alpha={2 * args.rank} lr={args.lr} steps={args.steps} "
           f"batch={args.batch_size} on {len(train_records)} training examples "
-          f"({args.steps * args.batch_size} seen)")
+          f"({args.steps * args.batch_size} seen), system prompt: {args.system_prompt}")
     print(f"probes: {0 if probes is None else len(probes)} general questions the base model answers correctly")
 
     t = time.perf_counter()
