@@ -69,3 +69,11 @@ def test_cli_doctor_exit_code():
     from ftlab.cli import main
 
     assert main(["doctor"]) == 0
+
+
+def test_every_public_name_resolves():
+    for name in ftlab.__all__:
+        assert getattr(ftlab, name) is not None, name
+    import ftlab.training  # noqa: F401  importing the submodule must not shadow the function
+
+    assert callable(ftlab.train) and not isinstance(ftlab.train, type(ftlab))
