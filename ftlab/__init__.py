@@ -31,6 +31,7 @@ _EXPORTS = {
     "estimate_memory": "memory", "estimate_inference_memory": "memory", "HARDWARE": "memory",
     "evaluate_model": "evaluate", "compare_models": "evaluate", "bootstrap_ci": "evaluate",
     "check": "exercises",
+    "quiet": "widgets",
     "doctor": "system",
 }
 
