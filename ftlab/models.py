@@ -52,7 +52,7 @@ TINY_CONFIG = dict(
 TINY_LABEL = "tiny (random weights, UNTRAINED - for CI and instant demos; its text is gibberish)"
 
 _VERIFIED: dict[str, float] = {}  # folder -> manifest mtime, checked once per process
-_CACHE_FORMAT = 1  # bump when the cache layout changes; old caches are rebuilt
+_CACHE_FORMAT = 2  # bump when the cache layout changes; old caches are rebuilt
 _PAD_TOKEN = "<|endoftext|>"  # SmolLM2 ships pad == eos (<|im_end|>); we keep them apart
 
 
@@ -110,8 +110,9 @@ def _sha256(path: Path) -> str:
 def verify_cache(folder: Path | None = None, full: bool = True) -> None:
     """Check a converted folder against its ``ftlab_manifest.json``; raise ``ModelCacheError`` if not intact.
 
-    ``full=True`` hashes every file (about half a second for the 135M model), so a flipped byte
-    is caught, not just a truncated file.
+    ``full=True`` hashes every file (0.5-1.5 s for the 135M model), so even a flipped byte is caught.
+    ``full=False`` (what every model load uses) is rsync's quick check: sizes always, and the hash
+    only of files whose modification time differs from the manifest's, i.e. files something wrote to.
     """
     folder = Path(folder or smollm2_dir())
     manifest_path = folder / "ftlab_manifest.json"
@@ -129,7 +130,8 @@ def verify_cache(folder: Path | None = None, full: bool = True) -> None:
             raise ModelCacheError(f"{p}: file listed in the manifest is missing")
         if p.stat().st_size != info["size"]:
             raise ModelCacheError(f"{p}: size {p.stat().st_size} != {info['size']} (truncated or modified)")
-        if full and _sha256(p) != info["sha256"]:
+        touched = p.stat().st_mtime_ns != info.get("mtime_ns")
+        if (full or touched) and _sha256(p) != info["sha256"]:
             raise ModelCacheError(f"{p}: checksum mismatch (corrupted)")
 
 
@@ -163,7 +165,7 @@ def convert_gguf(dest: Path | None = None, gguf_path: Path | None = None, verbos
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     files = {
-        p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
+        p.name: {"size": p.stat().st_size, "sha256": _sha256(p), "mtime_ns": p.stat().st_mtime_ns}
         for p in sorted(tmp.iterdir())
         if p.is_file()
     }
@@ -259,15 +261,15 @@ def load_tokenizer(name: str = SMOLLM2):
 def _ensure_cache() -> Path:
     folder = smollm2_dir()
     manifest = folder / "ftlab_manifest.json"
-    # Hashing 540 MB costs ~0.5 s: do it once per process, and again only if the folder changed.
+    # Checked once per process (quick check: sizes, plus hashes of anything written since conversion).
     if manifest.exists() and _VERIFIED.get(str(folder)) == manifest.stat().st_mtime and (folder / "model.safetensors").exists():
         return folder
     try:
-        verify_cache(folder)
+        verify_cache(folder, full=False)
     except ModelCacheError as e:
         print(f"[ftlab] {e}; rebuilding the offline model cache")
         convert_gguf(folder)
-        verify_cache(folder)
+        verify_cache(folder, full=False)
     _VERIFIED[str(folder)] = manifest.stat().st_mtime
     return folder
 

