@@ -38,6 +38,7 @@ import json
 import math
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -230,7 +231,7 @@ class _StopOnInterrupt:
 
     def __enter__(self):
         self.requested, self._old = False, None
-        if hasattr(signal, "SIGINT") and __import__("threading").current_thread() is __import__("threading").main_thread():
+        if threading.current_thread() is threading.main_thread():
             self._old = signal.signal(signal.SIGINT, self._handle)
         return self
 

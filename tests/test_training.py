@@ -186,11 +186,16 @@ def test_interrupt_saves_a_checkpoint_and_stops(tok, tmp_path):
         if record["step"] == 2:
             os.kill(os.getpid(), signal.SIGINT)
 
-    result = train(small_model(), tok, masked_examples(16), config=cfg(tmp_path, max_steps=6),
-                   callbacks=[press_ctrl_c])
+    # A shell that starts a job in the background makes it ignore SIGINT; we want Python's default.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        result = train(small_model(), tok, masked_examples(16), config=cfg(tmp_path, max_steps=6),
+                       callbacks=[press_ctrl_c])
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler put back
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert result.stopped_because == "interrupted"
     assert result.last_checkpoint.name == "step-000002" and (result.last_checkpoint / "state.json").exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler put back
 
 
 def test_nan_loss_stops_with_advice(tok, tmp_path):
