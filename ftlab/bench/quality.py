@@ -110,15 +110,20 @@ def main(argv=None) -> int:
     phases["load"] = time.perf_counter() - t
     eval_kw = dict(max_new_tokens=args.max_new_tokens, batch_size=args.eval_batch_size, seed=args.seed)
 
+    def evaluate(m, name):
+        """Score ``m`` on the test sample and (unless --no-probes) the probes; time both phases."""
+        res = evaluate_model(m, tok, test_records, name=name, **eval_kw)
+        phases[f"eval {name}"] = res.seconds
+        print(res.summary())
+        probe_res = None
+        if probes is not None:
+            probe_res = probe_accuracy(m, tok, probes, name=name, batch_size=args.eval_batch_size)
+            phases[f"probes {name}"] = probe_res.seconds
+            print(f"probes: {probe_res.accuracy:.3f}")
+        return res, probe_res
+
     print("\n[1/4] base model on the test sample", flush=True)
-    base = evaluate_model(model, tok, test_records, name="base", **eval_kw)
-    phases["eval base"] = base.seconds
-    print(base.summary())
-    base_probes = None
-    if probes is not None:
-        base_probes = probe_accuracy(model, tok, probes, name="base", batch_size=args.eval_batch_size)
-        phases["probes base"] = base_probes.seconds
-        print(f"probes: {base_probes.accuracy:.3f}")
+    base, base_probes = evaluate(model, "base")
 
     print(f"\n[2/4] LoRA fine-tuning, {args.steps} steps", flush=True)
     with tempfile.TemporaryDirectory(prefix="ftlab-quality-") as out:
@@ -139,14 +144,7 @@ def main(argv=None) -> int:
     print(f"training wall time {phases['train']:.0f}s ({phases['train'] / max(1, args.steps):.1f}s/step)")
 
     print("\n[3/4] fine-tuned model on the same test sample", flush=True)
-    tuned = evaluate_model(tuned_model, tok, test_records, name="lora", **eval_kw)
-    phases["eval lora"] = tuned.seconds
-    print(tuned.summary())
-    tuned_probes = None
-    if probes is not None:
-        tuned_probes = probe_accuracy(tuned_model, tok, probes, name="lora", batch_size=args.eval_batch_size)
-        phases["probes lora"] = tuned_probes.seconds
-        print(f"probes: {tuned_probes.accuracy:.3f}")
+    tuned, tuned_probes = evaluate(tuned_model, "lora")
 
     print("\n[4/4] comparison", flush=True)
     cmp = comparison_from_results({"base": base, "lora": tuned},
