@@ -8,10 +8,12 @@ a fictional company that sells small home appliances. No real people, orders or 
     python data/build_datasets.py --train 5000 --out /tmp/bigger
     python data/build_datasets.py --stats              # token-length table (needs the tokenizer)
     python data/build_datasets.py --verify-probes      # re-check probes.jsonl with the real model
+    python data/build_datasets.py --build-replay       # general_replay.jsonl: the real model's own answers
     python data/build_datasets.py --score-base 40      # base model score on 40 test examples per task
 
-Same seed and flags -> byte-identical files. The probe set is the one exception: it depends on what
-the real model answers, so it is only (re)written by ``--verify-probes``.
+Same seed and flags -> byte-identical files. The probe set and the general replay set are the
+exceptions: they depend on what the real model answers, so only ``--verify-probes`` and
+``--build-replay`` write them.
 
 How generalisation is measured: every task has *instruction templates* (phrasings) and, for the
 inputs, pools of formats and sentences. Each pool is cut into a part for training/validation and a
@@ -963,6 +965,199 @@ def verify_probes(out_dir):
     print(f"probes: kept {len(kept)} of {len(PROBE_CANDIDATES)}")
 
 
+# --------------------------------------------------------------------------- general replay (answered by the real model)
+
+# General prompts for the replay set: small talk, short facts, arithmetic, definitions, advice,
+# writing and language tasks. None is a probe candidate (tests/test_course_data.py checks that no
+# prompt is near any probe question), so the probes still measure *transfer* of the mitigation.
+REPLAY_PROMPTS = [
+    # short facts (other topics than the probes)
+    "How many wheels does a bicycle have?",
+    "What do cows drink?",
+    "Which season comes after winter?",
+    "What is the plural of 'mouse'?",
+    "What do you call a baby dog?",
+    "What do you call a baby cat?",
+    "What is the opposite of 'up'?",
+    "What is the opposite of 'early'?",
+    "Which animal is famous for its long neck?",
+    "What instrument has black and white keys?",
+    "What do we call the meal eaten in the morning?",
+    "What is the color of grass?",
+    "How many letters are in the English alphabet?",
+    "What is the main ingredient of bread?",
+    "What do you use to write on a blackboard?",
+    "Which bird is a symbol of peace?",
+    "What shape has four equal sides?",
+    "What is a group of wolves called?",
+    "What is the name of the galaxy we live in?",
+    "What is the name of the toy made of interlocking plastic bricks from Denmark?",
+    "Which sport uses a racket and a shuttlecock?",
+    "What is the name for a word that means the same as another word?",
+    "What do you call someone who studies the stars?",
+    "Which metal is liquid at room temperature?",
+    "What is the largest bone in the human body?",
+    "What do we call animals that eat only plants?",
+    "What is the process by which water turns into vapour?",
+    "Which part of the plant takes in water from the soil?",
+    "What is the name of the line that divides the Earth into northern and southern halves?",
+    # arithmetic and units
+    "What is 7 times 8?",
+    "What is 12 plus 30?",
+    "What is 100 divided by 4?",
+    "What is half of 50?",
+    "How many centimeters are in a meter?",
+    "How many grams are in a kilogram?",
+    "How many seconds are in a minute?",
+    "What is 9 minus 3?",
+    "If I have 3 apples and buy 4 more, how many apples do I have?",
+    "What is 15 percent of 200?",
+    # definitions and explanations
+    "What is a noun?",
+    "What is a verb?",
+    "Explain what a computer is in one sentence.",
+    "What is the internet?",
+    "What does a thermometer measure?",
+    "What is a volcano?",
+    "What is an atom?",
+    "What is democracy?",
+    "What is a rainbow?",
+    "Explain what gravity does, in simple words.",
+    "What is recycling and why is it useful?",
+    "What is a library?",
+    "What does a doctor do?",
+    "What does a firefighter do?",
+    "What is a vaccine?",
+    "Why do we need sleep?",
+    "Why is exercise good for you?",
+    "What is a password?",
+    "What is a recipe?",
+    "What is the difference between weather and climate?",
+    "What is a mammal?",
+    "What is photosynthesis, in one sentence?",
+    "What causes the seasons on Earth?",
+    "Why do leaves change colour in autumn?",
+    "What is machine learning?",
+    "What is a programming language?",
+    "What is electricity?",
+    "What is a museum?",
+    "What is an email?",
+    "Why is the ocean salty?",
+    # advice and how-to
+    "Give me three tips for studying better.",
+    "How can I save money on groceries?",
+    "How do I make a cup of tea?",
+    "What should I pack for a day at the beach?",
+    "How can I fall asleep faster?",
+    "Give me two ideas for a rainy afternoon.",
+    "How do I boil an egg?",
+    "What are some ways to stay healthy?",
+    "How can I be more productive at work?",
+    "How do I write a good email to my teacher?",
+    "What should I do if I feel stressed?",
+    "How can I learn a new language?",
+    "Suggest a healthy breakfast.",
+    "How do I care for a houseplant?",
+    "What are good habits for saving energy at home?",
+    "How can I improve my handwriting?",
+    "Give me a tip for public speaking.",
+    "How do I start running as a beginner?",
+    "How can I keep my room tidy?",
+    "What should I bring to a job interview?",
+    # writing and creativity
+    "Write a short poem about the moon.",
+    "Write one sentence about a happy dog.",
+    "Write a haiku about autumn.",
+    "Tell me a short story about a brave mouse.",
+    "Write a thank-you note to a friend who helped me move.",
+    "Describe a sunset in two sentences.",
+    "Write a short birthday message for my sister.",
+    "Give me a name for a friendly robot.",
+    "Write a slogan for a lemonade stand.",
+    "Describe the taste of chocolate.",
+    "Write a two-line rhyme about cats.",
+    "Invent a name for a new ice cream flavour.",
+    "Write a short motivational quote.",
+    "Describe a busy city street.",
+    "Write a sentence using the word 'gigantic'.",
+    # language tasks
+    "Translate 'thank you' into Spanish.",
+    "Translate 'good night' into French.",
+    "What is a synonym for 'happy'?",
+    "What is an antonym of 'big'?",
+    "Correct this sentence: 'She go to school every day.'",
+    "Make this sentence more polite: 'Give me the book.'",
+    "Summarize in one sentence: The park was full of children playing, parents chatting and dogs running after balls.",
+    "Is 'quickly' an adjective or an adverb?",
+    "What is the past tense of 'run'?",
+    "Spell the word 'necessary' backwards.",
+    "Put these words in alphabetical order: pear, apple, mango.",
+    "Turn this into a question: 'You like pizza.'",
+    "Give an example of a compound word.",
+    "What does the idiom 'break the ice' mean?",
+    "What is a palindrome? Give an example.",
+    # everyday reasoning and opinions
+    "Is it better to study in the morning or at night?",
+    "Why do people keep pets?",
+    "What are the benefits of reading books?",
+    "Why is it important to drink water?",
+    "What makes a good friend?",
+    "Why do we have traffic lights?",
+    "What is the purpose of a seat belt?",
+    "Why should we protect forests?",
+    "What are the advantages of public transport?",
+    "Why do birds fly south for the winter?",
+    "Which is heavier, a kilogram of feathers or a kilogram of iron?",
+    "If today is Monday, what day is tomorrow?",
+    "What comes next in the sequence 2, 4, 6, 8?",
+    "Name three fruits.",
+    "Name three colours of the rainbow.",
+    "List three farm animals.",
+    "Name two musical instruments.",
+    "What are the three states of matter?",
+    "Name a vegetable that is orange.",
+    "Name three things you can find in a kitchen.",
+    # small talk
+    "Hello! How are you today?",
+    "Can you tell me a fun fact?",
+    "Tell me a joke.",
+    "What can you help me with?",
+    "What is your name?",
+    "Good morning! Any plans for today?",
+    "Recommend a book for a teenager.",
+    "What is a good hobby to start?",
+    "What is your favourite colour?",
+    "Say something nice to cheer me up.",
+]
+
+
+def build_replay(out_dir, max_new_tokens=128):
+    """``general_replay.jsonl``: each general prompt with the real model's own greedy answer.
+
+    Mixing a little of this into task training is *replay by self-distillation*: the targets are what
+    the base model already says (default system prompt), so the mix teaches nothing new, it only
+    anchors the model's general behaviour while the task data pulls it elsewhere. Answers that did not
+    finish within ``max_new_tokens`` are dropped (training on them would teach the model to stop
+    mid-sentence) and listed.
+    """
+    sys.path.insert(0, str(DATA_DIR.parent))
+    from ftlab import load_model
+
+    model, tok = load_model("smollm2-135m-instruct", device="cpu")
+    replies = generate_greedy(model, tok, [[{"role": "user", "content": q}] for q in REPLAY_PROMPTS],
+                              max_new_tokens=max_new_tokens, desc="replay")
+    kept = []
+    for prompt, reply in zip(REPLAY_PROMPTS, replies):
+        n_tokens = len(tok(reply, add_special_tokens=False)["input_ids"])
+        if n_tokens >= max_new_tokens - 1 or not reply:
+            print(f"  dropped (did not finish in {max_new_tokens} tokens): {prompt!r}")
+            continue
+        kept.append({"instruction": prompt, "input": "", "output": reply, "task": "general",
+                     "template": "replay"})
+    write_jsonl(Path(out_dir) / "general_replay.jsonl", kept)
+    print(f"general replay: kept {len(kept)} of {len(REPLAY_PROMPTS)}")
+
+
 # --------------------------------------------------------------------------- writing, stats, base score
 
 def write_jsonl(path, rows):
@@ -1076,6 +1271,8 @@ def main(argv=None):
     p.add_argument("--test", type=int, help="instruction test size")
     p.add_argument("--stats", action="store_true", help="print token-length statistics (loads the tokenizer)")
     p.add_argument("--verify-probes", action="store_true", help="rewrite probes.jsonl by asking the real model")
+    p.add_argument("--build-replay", action="store_true",
+                   help="rewrite general_replay.jsonl with the real model's own answers (a few minutes)")
     p.add_argument("--score-base", type=int, metavar="N", help="score the base model on N test examples per task")
     p.add_argument("--batch-size", type=int, default=16, help="generation batch size for --score-base")
     p.add_argument("--threads", type=int, help="torch CPU threads for --score-base (default: torch's choice)")
@@ -1087,13 +1284,15 @@ def main(argv=None):
             sizes[k] = getattr(args, k)
     if args.verify_probes:
         verify_probes(args.out)
+    if args.build_replay:
+        build_replay(args.out)
     if args.stats or args.score_base:
         if args.stats:
             print_stats(args.out)
         if args.score_base:
             score_base(args.out, args.score_base, batch_size=args.batch_size, log_path=args.score_log, threads=args.threads)
         return
-    if args.verify_probes:
+    if args.verify_probes or args.build_replay:
         return
     counts = build_all(args.out, seed=args.seed, scale=args.scale, sizes=sizes)
     print(f"wrote {args.out}: {counts}")

@@ -324,3 +324,80 @@ def compare_strategies(examples, batch_size, max_length=None, seed=0, pad_token_
             "mean_row_length": round(sum(b["input_ids"].shape[1] for b in batches) / max(1, len(batches)), 1),
         }
     return out
+
+
+# --------------------------------------------------------------------------- what the training loop reads
+
+
+def prepare_examples(data, tokenizer, max_length: int, train_on: str = "assistant", what: str = "train_data",
+                     limit: int | None = None) -> list[dict]:
+    """Anything ``ftlab.train`` accepts as data -> tokenised examples ``{"input_ids", "labels"}``.
+
+    ``data`` may be a file path, tokenised examples, canonical records, or raw records in any
+    format ``ftlab.data.load_records`` reads (instruction triples, prompt/completion, ShareGPT, ...).
+    """
+    import os
+
+    from ftlab.templates import tokenize_dataset
+
+    if isinstance(data, (str, os.PathLike)):
+        from ftlab.data import load_records
+
+        data = load_records(data)
+    data = list(data)[:limit]
+    if not data:
+        raise ValueError(f"train(): {what} is empty.")
+    if all(isinstance(r, dict) and "input_ids" in r and "labels" in r for r in data):
+        for i, r in enumerate(data):
+            if len(r["input_ids"]) > max_length:
+                raise ValueError(f"train(): {what}[{i}] has {len(r['input_ids'])} tokens > max_length="
+                                 f"{max_length}. Fix: raise max_length or tokenise with max_length.")
+        return data
+    if not all(isinstance(r, dict) and ("messages" in r or "text" in r) for r in data):
+        from ftlab.data import load_records  # raw records: convert (and validate) them all at once
+
+        data = load_records(data)
+    return tokenize_dataset(data, tokenizer, max_length=max_length, train_on=train_on, verbose=True)
+
+
+class BatchStream:
+    """Micro-batches in a seeded order, epoch after epoch; ``position`` is saved in checkpoints.
+
+    Example:
+        >>> stream = BatchStream([{"input_ids": [1, 2], "labels": [1, 2]}] * 3, batch_size=2, seed=0)
+        >>> [b["input_ids"].shape[0] for b in stream.take(3)], stream.position   # epoch 0: 2 + 1, then epoch 1
+        ([2, 1, 2], {'epoch': 1, 'index': 1})
+
+    Epoch ``e`` is ``make_batches(examples, seed=seed + e)``, so the order is a pure function of the seed
+    and the position: a resumed run continues with exactly the batches it would have seen.
+    """
+
+    def __init__(self, examples, batch_size: int, strategy: str = "pad", max_length: int | None = None,
+                 seed: int = 0, shuffle: bool = True, pad_token_id: int = 0):
+        self.examples, self.pad_token_id = examples, pad_token_id
+        self.batch_size, self.strategy, self.max_length, self.seed, self.shuffle = batch_size, strategy, max_length, seed, shuffle
+        self.epoch, self.index, self._batches = 0, 0, None
+
+    def _epoch_batches(self):
+        if self._batches is None:
+            self._batches = make_batches(self.examples, self.batch_size, self.strategy, max_length=self.max_length,
+                                         seed=self.seed + self.epoch, shuffle=self.shuffle, pad_token_id=self.pad_token_id)
+        return self._batches
+
+    def take(self, n: int) -> list[dict]:
+        out = []
+        while len(out) < n:
+            batches = self._epoch_batches()
+            if self.index >= len(batches):  # next epoch, new order
+                self.epoch, self.index, self._batches = self.epoch + 1, 0, None
+                continue
+            out.append(batches[self.index])
+            self.index += 1
+        return out
+
+    @property
+    def position(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def seek(self, position: dict) -> None:
+        self.epoch, self.index, self._batches = position["epoch"], position["index"], None

@@ -38,6 +38,8 @@ import json
 import os
 import random
 import shutil
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -263,3 +265,31 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer=N
         states = torch.load(path / "rng.pt", weights_only=False)
         set_rng_state(states[min(rank, len(states) - 1)])
     return state
+
+
+class StopOnInterrupt:
+    """The first Ctrl-C (or a notebook's stop button) asks the loop to stop after the current step and
+    save a checkpoint; a second one interrupts immediately. Only the main thread can catch signals.
+
+    Example:
+        >>> with StopOnInterrupt() as interrupt:
+        ...     interrupt.requested          # becomes True after the first Ctrl-C
+        False
+    """
+
+    def __enter__(self):
+        self.requested, self._old = False, None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\n[ftlab] interrupt: finishing this step, saving a checkpoint, then stopping "
+              "(interrupt again to stop at once, without saving).")
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)

@@ -28,6 +28,45 @@ def _prefetch(args) -> int:
     return 0
 
 
+def _train(argv=None) -> int:
+    """``ftlab train --config run.yaml [--set key=value ...]``: load model and data from the config, train, save."""
+    import argparse
+
+    import yaml
+
+    parser = argparse.ArgumentParser(prog="ftlab train", description="Fine-tune a model from a YAML config (see configs/).")
+    parser.add_argument("--config", required=True, help="YAML file with TrainConfig fields")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one field, e.g. --set max_steps=10 (repeatable)")
+    args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key.strip()] = yaml.safe_load(value)
+    from ftlab.train_config import TrainConfig
+
+    config = TrainConfig.from_yaml(args.config, **overrides)
+    if not config.model or not config.train_file:
+        parser.error(f"{args.config}: needs 'model' (e.g. smollm2-135m-instruct) and 'train_file' for the command line.")
+    from accelerate import PartialState
+
+    from ftlab.models import load_model, pick_device
+    from ftlab.training import train
+
+    # Under `accelerate launch`, every process loads the model straight onto its own device.
+    state = PartialState(cpu=pick_device().type == "cpu")
+    model, tokenizer = load_model(config.model, device=state.device)
+    result = train(model, tokenizer, config.train_file, config.eval_file, config=config)
+    if state.is_main_process:
+        last = result.train_history[-1] if result.train_history else {}
+        print(f"[ftlab] done in {result.wall_time_s:.1f} s: {len(result.train_history)} logged steps, "
+              f"final loss {last.get('loss', float('nan')):.4f}, best val loss {result.best_val_loss}; "
+              f"saved to {result.final_path or result.last_checkpoint}")
+    return 130 if result.stopped_because == "interrupted" else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="ftlab", description="ftlab: the fine-tuning course's command line")
@@ -42,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ("train", "estimate"):
         # These two own their flags; hand the rest of the line over unchanged.
         if argv[0] == "train":
-            from ftlab.training import cli_main
-        else:
-            from ftlab.memory import cli_main
+            return _train(argv[1:])
+        from ftlab.memory import cli_main
+
         return int(cli_main(argv[1:]) or 0)
 
     args = parser.parse_args(argv)

@@ -11,6 +11,7 @@ name               what                                            splits
 ``domain_corpus``  plain text ``{"text"}`` about the same company  (none)
 ``probes``         general questions the base model gets right     (none)
 ``preferences``    prompt / chosen / rejected pairs                (none)
+``general_replay`` general prompts + the base model's own answers  (none)
 =================  ==============================================  ===========================
 
 Four task types, every instruction/chat record says which in ``task``:
@@ -35,6 +36,7 @@ Example:
 from __future__ import annotations
 
 import json
+import random
 import re
 from pathlib import Path
 
@@ -52,6 +54,7 @@ DATASETS = {
     "domain_corpus": ("domain_corpus.jsonl", None),
     "probes": ("probes.jsonl", None),
     "preferences": ("preferences.jsonl", None),
+    "general_replay": ("general_replay.jsonl", None),
 }
 
 
@@ -79,7 +82,8 @@ def load_course_data(name: str = "instructions", split: str | None = None, limit
     """Load one course dataset as a list of dicts, exactly as stored in the JSONL file.
 
     Args:
-        name: ``"instructions"``, ``"chat"``, ``"domain_corpus"``, ``"probes"`` or ``"preferences"``.
+        name: ``"instructions"``, ``"chat"``, ``"domain_corpus"``, ``"probes"``, ``"preferences"`` or
+            ``"general_replay"``.
         split: ``"train"`` (default), ``"validation"`` or ``"test"`` for ``instructions``/``chat``;
             leave it ``None`` for the others.
         limit: keep only the first ``limit`` records (the files are already shuffled).
@@ -94,7 +98,8 @@ def load_course_data(name: str = "instructions", split: str | None = None, limit
     path = course_data_path(name, split)
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing. Fix: rebuild the course data with `python data/build_datasets.py`"
-                                + (" --verify-probes` (needs the real model)" if name == "probes" else ""))
+                                + {"probes": " --verify-probes` (needs the real model)",
+                                   "general_replay": " --build-replay` (needs the real model)"}.get(name, ""))
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     rows = []
@@ -110,6 +115,36 @@ def load_course_data(name: str = "instructions", split: str | None = None, limit
                 raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg}). "
                                  "Fix: rebuild with `python data/build_datasets.py`") from None
     return rows
+
+
+def mix_replay(task_records: list[dict], replay_records: list[dict], fraction: float, seed: int = 0) -> list[dict]:
+    """Task records plus replay records (repeated as needed) making up ``fraction`` of the result, shuffled.
+
+    Replay is the standard guard against catastrophic forgetting: keep showing the model a little
+    general data while it learns the task. With the course's ``general_replay`` set the targets are
+    the base model's own answers, so the replay part teaches nothing new -- it only holds the
+    model's general behaviour in place. The replay set is small, so it is repeated (each record
+    equally often, give or take one) until it makes up ``fraction`` of the mix; no task record is
+    dropped.
+
+    Example:
+        >>> mixed = mix_replay([{"t": 1}] * 80, [{"r": 1}] * 5, fraction=0.2)
+        >>> len(mixed), sum("r" in m for m in mixed)
+        (100, 20)
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"mix_replay: fraction must be in [0, 1), got {fraction}")
+    if fraction and not replay_records:
+        raise ValueError("mix_replay: fraction > 0 but no replay records were given. Fix: load them with "
+                         "load_course_data('general_replay') or pass fraction=0")
+    n_replay = round(len(task_records) * fraction / (1 - fraction))
+    rng = random.Random(seed)
+    replay = []
+    while len(replay) < n_replay:
+        replay += rng.sample(replay_records, min(len(replay_records), n_replay - len(replay)))
+    mixed = list(task_records) + replay
+    rng.shuffle(mixed)
+    return mixed
 
 
 def _strip_quotes(s: str) -> str:

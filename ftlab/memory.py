@@ -416,11 +416,12 @@ def estimate_memory(
     gradient_checkpointing: bool = False,
     lora_rank: int = 16,
     lora_targets="all-linear",
-    lora_dropout: float = 0.05,
+    lora_dropout: float = 0.0,
     trainable_layers: int | None = None,
     attention: str = "sdpa",
     loss: str = "full",
     loss_chunk_tokens: int = 1024,
+    trained_tokens: int | None = None,
     padded: bool = True,
     device="cuda",
 ) -> MemoryEstimate:
@@ -448,8 +449,13 @@ def estimate_memory(
             and adapter dropout (p > 0 makes every adapter keep its own dropped-out input copy).
         attention: ``"sdpa"`` (transformers' default), ``"eager"`` (materialises seq x seq
             scores) or ``"flash"`` (FlashAttention-2 on CUDA).
-        loss: ``"full"`` (logits for every token at once, upcast to fp32) or ``"chunked"``
-            (``loss_chunk_tokens`` tokens at a time, as Liger/cut-cross-entropy kernels do).
+        loss: ``"full"`` (logits for every token at once, upcast to fp32: transformers'
+            ``model(**batch, labels=...)``), ``"trained"`` (logits only at the ``trained_tokens``
+            positions that have a label: what ``ftlab.train`` does by default,
+            ``TrainConfig.trained_logits_only``) or ``"chunked"`` (``loss_chunk_tokens`` tokens at
+            a time, as Liger/cut-cross-entropy kernels do).
+        trained_tokens: for ``loss="trained"``: the positions with a label in one micro-batch
+            (on instruction data often a fifth or less of ``batch_size x seq_len``).
         padded: the batch contains padding (dynamic padding), so SDPA gets an explicit mask; False
             for equal-length or packed batches (SDPA then uses its causal fast path).
         device: ``"cuda"``, ``"cpu"`` or a :data:`HARDWARE` preset (adds the verdict; CUDA targets
@@ -471,7 +477,10 @@ def estimate_memory(
     _check_choice("method", method, METHODS)
     _check_choice("optimizer", optimizer, OPTIMIZERS)
     _check_choice("attention", attention, ATTENTIONS)
-    _check_choice("loss", loss, ("full", "chunked"))
+    _check_choice("loss", loss, ("full", "trained", "chunked"))
+    if loss == "trained" and not (trained_tokens and 0 < trained_tokens <= batch_size * seq_len):
+        raise ValueError(f"estimate_memory: loss='trained' needs trained_tokens between 1 and batch_size x seq_len "
+                         f"(got {trained_tokens}). Fix: count the labels != -100 of a batch, or use loss='full'.")
     _check_choice("optimizer_impl", optimizer_impl, ("fused", "foreach", "for-loop"))
     if param_dtype not in DTYPE_BYTES:
         raise ValueError(f"estimate_memory: param_dtype={param_dtype!r}. Fix: 'fp32', 'bf16' or 'fp16'.")
@@ -675,19 +684,20 @@ def estimate_memory(
     # final norm + lm_head input
     any_grad = bool(active_layers) or method == "full"
     head_saved = (T * H * 4 + T * 4 if any_grad else 0) + (T * H * r if method in ("full", "freeze") else 0)
-    if method == "full":
-        head_saved += T * H * m  # lm_head's input, for the lm_head (embedding) gradient
+    if method == "full":  # lm_head's input, for the lm_head (embedding) gradient: only the gathered rows with loss="trained"
+        head_saved += (trained_tokens if loss == "trained" else T) * H * m
     inputs = 4 * T * 8  # input_ids, attention mask, labels, shifted labels (int64)
     emb_saved = T * 8 if method == "full" else 0  # embedding backward keeps the indices
     rope = 2 * S * arch.hd * m  # cos, sin
     shared_mask = (B * S * S if (padded and attention == "sdpa") else 0) + (B * S * S * m if attention == "eager" else 0)
 
     # logits and loss buffers
-    Tl = min(T, loss_chunk_tokens) if loss == "chunked" else T
+    Tl = {"chunked": min(T, loss_chunk_tokens), "trained": trained_tokens}.get(loss, T)
     logits_fwd = Tl * V * m + Tl * V * 4 + (Tl * V * 4 if m != 4 else 0)
     logits_bwd = 3 * Tl * V * 4
-    logits_note = ("fp32 log-probs + their grad + grad of logits (tokens x vocab each)" if loss == "full"
-                   else f"chunks of {loss_chunk_tokens} tokens: 3 fp32 tokens x vocab buffers per chunk")
+    logits_note = {"full": "fp32 log-probs + their grad + grad of logits (tokens x vocab each)",
+                   "trained": f"the same 3 fp32 buffers, for the {trained_tokens} trained tokens only",
+                   "chunked": f"chunks of {loss_chunk_tokens} tokens: 3 fp32 tokens x vocab buffers per chunk"}[loss]
 
     # transients inside one layer (above what the layer keeps)
     dq_w = (max(o * i for o, i in shapes.values()) * m) if quantization else 0  # de-quantised weight for one matmul
@@ -836,7 +846,7 @@ def estimate_memory(
                     gradient_checkpointing=gradient_checkpointing, lora_rank=lora_rank if lora else None,
                     lora_targets=list(targets) if lora else None, lora_dropout=lora_dropout if lora else None,
                     trainable_layers=n_train if method == "freeze" else None, attention=attention, loss=loss,
-                    padded=padded, device=hw.name if hw else kind, trainable_params=trainable, total_params=total_params)
+                    trained_tokens=trained_tokens if loss == "trained" else None, padded=padded, device=hw.name if hw else kind, trainable_params=trainable, total_params=total_params)
     return MemoryEstimate(model=arch.name, settings=settings, items=items, peak_phase=peak_phase, phases=phases,
                           components=comps, device=hw)
 
@@ -1113,10 +1123,12 @@ def cli_main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing")
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--lora-targets", default="all-linear")
-    p.add_argument("--lora-dropout", type=float, default=0.05)
+    p.add_argument("--lora-dropout", type=float, default=0.0)
     p.add_argument("--trainable-layers", type=int, default=None)
     p.add_argument("--attention", default="sdpa", choices=ATTENTIONS)
-    p.add_argument("--loss", default="full", choices=["full", "chunked"])
+    p.add_argument("--loss", default="full", choices=["full", "trained", "chunked"],
+                   help="full: logits at every position (transformers); trained: only at --trained-tokens positions (ftlab.train)")
+    p.add_argument("--trained-tokens", type=int, default=None, help="with --loss trained: positions with a label per micro-batch")
     p.add_argument("--no-padding", action="store_true", help="batches without padding (packed / equal length)")
     p.add_argument("--device", default="cuda", help=f"cpu, cuda or one of {', '.join(HARDWARE)}")
     p.add_argument("--advise", action="store_true", help="also: largest batch/sequence that fits and what each change saves")
@@ -1133,7 +1145,7 @@ def cli_main(argv: list[str] | None = None) -> int:
                       optimizer_impl=a.optimizer_impl, gradient_checkpointing=a.checkpointing, lora_rank=a.lora_rank,
                       lora_targets=a.lora_targets, lora_dropout=a.lora_dropout, trainable_layers=a.trainable_layers,
                       attention=a.attention, loss=a.loss, padded=not a.no_padding)
-            est = estimate_memory(a.model, device=a.device, **kw)
+            est = estimate_memory(a.model, device=a.device, trained_tokens=a.trained_tokens, **kw)
     except ValueError as e:
         print(f"error: {e}")
         return 2
@@ -1147,6 +1159,9 @@ def cli_main(argv: list[str] | None = None) -> int:
             print("\n(--advise needs a hardware preset as --device, e.g. --device dgx-spark)")
         else:
             print()
+            if a.loss == "trained":  # the advice varies the batch, so a fixed count of trained tokens cannot follow it
+                print("(the advice below assumes --loss full: an upper bound for ftlab.train)")
+                kw["loss"] = "full"
             print(advise(a.model, a.device, **kw))
     return 0
 

@@ -344,7 +344,7 @@ def prepare_model(
     method: str = "full",
     lora_rank: int = 16,
     lora_alpha: float = 32,
-    lora_dropout: float = 0.05,
+    lora_dropout: float = 0.0,
     target_modules: str | list[str] = "all-linear",
     use_dora: bool = False,
     freeze_layers: int | None = None,

@@ -46,7 +46,7 @@ class TrainConfig:
     method: str = "lora"  # full | lora | dora | qlora | freeze | ia3 | prompt_tuning
     lora_rank: int = 16  # LoRA r: rank of the update B·A
     lora_alpha: float = 32  # LoRA scale numerator: the update is multiplied by alpha / r
-    lora_dropout: float = 0.05  # dropout on the adapter's input
+    lora_dropout: float = 0.0  # dropout on the adapter input: regularises tiny datasets, costs time (a mask per adapter)
     target_modules: str | list = "all-linear"  # Linear layers that get adapters, or "all-linear"
     use_dora: bool = False  # DoRA: LoRA plus a learned magnitude per output channel
     freeze_layers: int | None = None  # method "freeze": freeze the first N decoder layers ...
@@ -74,6 +74,7 @@ class TrainConfig:
     mixed_precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | no | bf16
     allow_bf16_on_cpu: bool = False  # bf16 on CPU is ~30x slower on most CPUs; opt in explicitly
     compile: bool = False  # torch.compile the model (slow first step, faster after; GPU)
+    trained_logits_only: bool = True  # output layer only at trained positions: same loss, less time/memory
     # --- evaluation, checkpoints, early stopping
     eval_every: int = 0  # validate every N steps (0: only at the start and the end)
     eval_batches: int | None = None  # validate on at most N batches (None: all of eval_data)

@@ -11,7 +11,9 @@ Read it top to bottom; it is one function, :func:`train`, in five parts:
 5. saving the result: the adapter or the model, and optionally LoRA merged into the base.
 
 Its settings (:class:`TrainConfig`) and its return value (:class:`TrainResult`) are declared in
-``ftlab/train_config.py`` and importable from here.
+``ftlab/train_config.py`` and importable from here. The pieces it calls live in the modules of their
+topics: the loss in ``ftlab/loss.py``, batches in ``ftlab/batching.py``, checkpoints and Ctrl-C in
+``ftlab/checkpoint.py``, methods in ``ftlab/methods.py``, optimizers and schedules in ``ftlab/optim.py``.
 
 **The loss, done right.** The loss of one optimizer step is the mean cross-entropy over *all tokens
 that are trained in that step*: every micro-batch, every process. So each micro-batch contributes
@@ -19,7 +21,9 @@ that are trained in that step*: every micro-batch, every process. So each micro-
 micro-batch on its own, then average those means - weights a token in a short micro-batch more
 than one in a long micro-batch, and makes the result depend on how the step was split (the
 gradient-accumulation bug found in many trainers in 2024). Here (batch 8, accumulation 1),
-(4, 2) and (2, 4) give the same loss and the same gradients (``tests/test_training.py``).
+(4, 2) and (2, 4) give the same loss and the same gradients (``tests/test_training.py``). The output
+layer runs only where a token is trained (``TrainConfig.trained_logits_only``): same numbers, and on
+instruction data, where most tokens are prompt, a faster and smaller step.
 
 Example:
     >>> from ftlab import load_model, TrainConfig, train
@@ -36,138 +40,22 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
-import signal
-import threading
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ftlab import checkpoint as ckpt
-from ftlab.batching import make_batches, model_inputs
+from ftlab.batching import BatchStream, make_batches, prepare_examples
+from ftlab.loss import IGNORE_INDEX, accepts_logits_mask, causal_lm_loss, evaluate_loss, forward_loss  # noqa: F401
 from ftlab.methods import is_peft_model, is_quantized
 from ftlab.tracking import RunLogger, format_postfix, progress_bar
 from ftlab.train_config import TrainConfig, TrainResult  # noqa: F401  (both are part of this module's API)
 
-IGNORE_INDEX = -100
 
 
 class TrainingDiverged(FloatingPointError):
     """The loss or the gradient became NaN or infinite; the message says what to change."""
-
-
-# --------------------------------------------------------------------------- the loss
-
-
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor):
-    """Summed next-token cross-entropy over trained tokens; returns ``(loss_sum, n_tokens, n_correct)``.
-
-    Position ``t`` predicts token ``t + 1``, so labels are shifted left by one (padded with -100 at the
-    end) rather than slicing the logits, which would copy the biggest tensor of the step. The sum, not
-    the mean, is returned: the caller divides by the trained tokens of the *whole* optimizer step.
-    """
-    logits = logits[:, -labels.shape[1]:]  # prompt tuning puts virtual tokens in front; drop them
-    targets = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
-    loss_sum = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                               ignore_index=IGNORE_INDEX, reduction="sum")
-    mask = targets != IGNORE_INDEX
-    n_correct = ((logits.argmax(-1) == targets) & mask).sum()
-    return loss_sum, mask.sum(), n_correct
-
-
-def _forward(model, batch):
-    inputs = model_inputs({k: v for k, v in batch.items() if k not in ("labels", "seq_lengths")})
-    return causal_lm_loss(model(**inputs, use_cache=False).logits, batch["labels"])
-
-
-@torch.no_grad()
-def evaluate_loss(model, batches, accelerator=None) -> dict:
-    """Validation loss (mean over trained tokens), perplexity ``exp(loss)`` and next-token accuracy."""
-    was_training = model.training
-    model.eval()
-    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    device = accelerator.device if accelerator else next(model.parameters()).device
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, tokens, correct
-    for batch in batches[rank::world]:  # each process takes its share of the batches
-        ctx = accelerator.autocast() if accelerator else contextlib.nullcontext()
-        with ctx:
-            loss_sum, n, correct = _forward(model, {k: v.to(device) for k, v in batch.items()})
-        totals += torch.stack([loss_sum.double(), n.double(), correct.double()])
-    if accelerator and world > 1:
-        totals = accelerator.reduce(totals, reduction="sum")
-    model.train(was_training)
-    loss = (totals[0] / totals[1].clamp(min=1)).item()
-    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700)), "val_token_acc": (totals[2] / totals[1].clamp(min=1)).item()}
-
-
-# --------------------------------------------------------------------------- data
-
-
-def prepare_examples(data, tokenizer, config: TrainConfig, what: str = "train_data", limit: int | None = None) -> list[dict]:
-    """Anything train() accepts -> tokenised examples ``{"input_ids", "labels"}``.
-
-    ``data`` may be a file path, tokenised examples, canonical records, or raw records in any
-    format ``ftlab.data.load_records`` reads (instruction triples, prompt/completion, ShareGPT, ...).
-    """
-    from ftlab.templates import tokenize_dataset
-
-    if isinstance(data, (str, os.PathLike)):
-        from ftlab.data import load_records
-
-        data = load_records(data)
-    data = list(data)[:limit]
-    if not data:
-        raise ValueError(f"train(): {what} is empty.")
-    if all(isinstance(r, dict) and "input_ids" in r and "labels" in r for r in data):
-        for i, r in enumerate(data):
-            if len(r["input_ids"]) > config.max_length:
-                raise ValueError(f"train(): {what}[{i}] has {len(r['input_ids'])} tokens > max_length="
-                                 f"{config.max_length}. Fix: raise max_length or tokenise with max_length.")
-        return data
-    if not all(isinstance(r, dict) and ("messages" in r or "text" in r) for r in data):
-        from ftlab.data import load_records  # raw records: convert (and validate) them all at once
-
-        data = load_records(data)
-    return tokenize_dataset(data, tokenizer, max_length=config.max_length, train_on=config.train_on, verbose=True)
-
-
-class BatchStream:
-    """Micro-batches in a seeded order, epoch after epoch; ``position`` is saved in checkpoints.
-
-    Epoch ``e`` is ``make_batches(examples, seed=seed + e)``, so the order is a pure function of the seed
-    and the position: a resumed run continues with exactly the batches it would have seen.
-    """
-
-    def __init__(self, examples, config: TrainConfig, pad_token_id: int):
-        self.examples, self.config, self.pad_token_id = examples, config, pad_token_id
-        self.epoch, self.index, self._batches = 0, 0, None
-
-    def _epoch_batches(self):
-        if self._batches is None:
-            c = self.config
-            self._batches = make_batches(self.examples, c.batch_size, c.batching, max_length=c.max_length,
-                                         seed=c.seed + self.epoch, shuffle=c.shuffle, pad_token_id=self.pad_token_id)
-        return self._batches
-
-    def take(self, n: int) -> list[dict]:
-        out = []
-        while len(out) < n:
-            batches = self._epoch_batches()
-            if self.index >= len(batches):  # next epoch, new order
-                self.epoch, self.index, self._batches = self.epoch + 1, 0, None
-                continue
-            out.append(batches[self.index])
-            self.index += 1
-        return out
-
-    @property
-    def position(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index}
-
-    def seek(self, position: dict) -> None:
-        self.epoch, self.index, self._batches = position["epoch"], position["index"], None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -225,28 +113,6 @@ def _callback(callbacks, method, *args):
     return stop
 
 
-class _StopOnInterrupt:
-    """The first Ctrl-C (or a notebook's stop button) asks the loop to stop after the current step and
-    save a checkpoint; a second one interrupts immediately. Only the main thread can catch signals."""
-
-    def __enter__(self):
-        self.requested, self._old = False, None
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\n[ftlab] interrupt: finishing this step, saving a checkpoint, then stopping "
-              "(interrupt again to stop at once, without saving).")
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -290,11 +156,11 @@ def train(model, tokenizer, train_data, eval_data=None, config: TrainConfig | No
         torch.cuda.reset_peak_memory_stats(device)
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    train_examples = prepare_examples(train_data, tokenizer, config, "train_data")
+    train_examples = prepare_examples(train_data, tokenizer, config.max_length, config.train_on, "train_data")
     eval_batches = []
     if eval_data is not None:
         limit = config.eval_batches * config.batch_size if config.eval_batches else None  # tokenise only what is used
-        eval_examples = prepare_examples(eval_data, tokenizer, config, "eval_data", limit=limit)
+        eval_examples = prepare_examples(eval_data, tokenizer, config.max_length, config.train_on, "eval_data", limit=limit)
         eval_batches = make_batches(eval_examples, config.batch_size, "pad", max_length=config.max_length,
                                     shuffle=False, pad_token_id=pad_id)[:config.eval_batches]
     elif config.early_stopping_patience or config.load_best_at_end:
@@ -317,6 +183,7 @@ def train(model, tokenizer, train_data, eval_data=None, config: TrainConfig | No
                                 betas=config.betas, momentum=config.momentum)
     scheduler = build_scheduler(optimizer, config.scheduler, config.warmup_steps, config.max_steps, config.min_lr_ratio)
     raw_model = model  # the plain (maybe peft-wrapped) module: what we save and return
+    logits_only = config.trained_logits_only and accepts_logits_mask(raw_model)
     # prepare() moves the model to this process's device and wraps it for DDP/FSDP under
     # `accelerate launch`. The scheduler is left out on purpose: Accelerate would step it once per process.
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -325,7 +192,8 @@ def train(model, tokenizer, train_data, eval_data=None, config: TrainConfig | No
     fsdp = accelerator.distributed_type.name == "FSDP"
 
     # ---- 2. resume
-    stream = BatchStream(train_examples, config, pad_id)
+    stream = BatchStream(train_examples, config.batch_size, config.batching, config.max_length, config.seed,
+                         config.shuffle, pad_id)
     history, best_val, best_path, bad_evals, trained_tokens, step, last_ckpt = [], None, None, 0, 0, 0, None
     if config.resume_from and fsdp:
         raise NotImplementedError("resume_from under FSDP: ftlab's checkpoints hold full (gathered) weights but not "
@@ -372,14 +240,14 @@ def train(model, tokenizer, train_data, eval_data=None, config: TrainConfig | No
     # ---- 3. the loop
     model.train()
     if eval_batches and step == 0:  # the starting point of the validation curve
-        record = {"step": 0, **evaluate_loss(model, eval_batches, accelerator)}
+        record = {"step": 0, **evaluate_loss(model, eval_batches, accelerator, logits_only)}
         history.append(record)
         if logger:
             logger.log(record)
         _callback(callbacks, "on_step", record)
     stopped = "max_steps"
     t_loop = time.time()
-    with _StopOnInterrupt() as interrupt:
+    with ckpt.StopOnInterrupt() as interrupt:
         try:
             while step < config.max_steps:
                 # This step's micro-batches: grad_accum_steps per process, dealt out round-robin.
@@ -398,7 +266,7 @@ def train(model, tokenizer, train_data, eval_data=None, config: TrainConfig | No
                     # Gradients are averaged across processes only once, after the last micro-batch.
                     sync = contextlib.nullcontext() if i == len(micro) - 1 else accelerator.no_sync(model)
                     with sync:
-                        part, _, _ = _forward(model, batch)
+                        part, _, _ = forward_loss(model, batch, logits_only)
                         # DDP *averages* gradients over processes; multiplying by world turns that into
                         # the sum, so every trained token of the step has the same weight 1 / n_trained.
                         accelerator.backward(part * world / n_trained)
@@ -428,7 +296,7 @@ def train(model, tokenizer, train_data, eval_data=None, config: TrainConfig | No
                 # ---- 4. evaluation, early stopping, checkpoints
                 new_best = False
                 if eval_batches and ((config.eval_every and step % config.eval_every == 0) or step == config.max_steps):
-                    record.update(evaluate_loss(model, eval_batches, accelerator))
+                    record.update(evaluate_loss(model, eval_batches, accelerator, logits_only))
                     if best_val is None or record["val_loss"] < best_val:
                         best_val, bad_evals, new_best = record["val_loss"], 0, config.eval_every > 0
                     else:
@@ -496,42 +364,3 @@ def train(model, tokenizer, train_data, eval_data=None, config: TrainConfig | No
         (out_dir / "result.json").write_text(json.dumps(summary, indent=2))
     _callback(callbacks, "on_end", result)
     return result
-
-
-# --------------------------------------------------------------------------- the command line
-
-
-def cli_main(argv=None) -> int:
-    """``ftlab train --config run.yaml [--set key=value ...]``: load model and data from the config, train, save."""
-    import argparse
-
-    import yaml
-
-    parser = argparse.ArgumentParser(prog="ftlab train", description="Fine-tune a model from a YAML config (see configs/).")
-    parser.add_argument("--config", required=True, help="YAML file with TrainConfig fields")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one field, e.g. --set max_steps=10 (repeatable)")
-    args = parser.parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key.strip()] = yaml.safe_load(value)
-    config = TrainConfig.from_yaml(args.config, **overrides)
-    if not config.model or not config.train_file:
-        parser.error(f"{args.config}: needs 'model' (e.g. smollm2-135m-instruct) and 'train_file' for the command line.")
-    from accelerate import PartialState
-
-    from ftlab.models import load_model, pick_device
-
-    # Under `accelerate launch`, every process loads the model straight onto its own device.
-    state = PartialState(cpu=pick_device().type == "cpu")
-    model, tokenizer = load_model(config.model, device=state.device)
-    result = train(model, tokenizer, config.train_file, config.eval_file, config=config)
-    if state.is_main_process:
-        last = result.train_history[-1] if result.train_history else {}
-        print(f"[ftlab] done in {result.wall_time_s:.1f} s: {len(result.train_history)} logged steps, "
-              f"final loss {last.get('loss', float('nan')):.4f}, best val loss {result.best_val_loss}; "
-              f"saved to {result.final_path or result.last_checkpoint}")
-    return 130 if result.stopped_because == "interrupted" else 0

@@ -126,6 +126,38 @@ def test_corpus_probes_and_preferences():
         assert score_example(p["task"], p["rejected"], p["chosen"]) < 1.0
 
 
+def test_general_replay_is_the_base_models_own_answers_and_far_from_the_probes():
+    from ftlab.data import near_duplicate_pairs
+
+    replay = load_course_data("general_replay")
+    assert 80 <= len(replay) <= len(builder.REPLAY_PROMPTS)
+    assert {r["instruction"] for r in replay} <= set(builder.REPLAY_PROMPTS)
+    for r in replay:
+        assert r["task"] == "general" and r["input"] == "" and r["output"].strip()
+    # The replay prompts must not be the probe questions in other words, or the forgetting check
+    # would measure memorisation: no replay prompt shares half its word-3-grams with a probe candidate.
+    candidates = [q for q, _ in builder.PROBE_CANDIDATES]
+    assert near_duplicate_pairs(builder.REPLAY_PROMPTS, 0.5, other=candidates) == []
+    assert not {r["instruction"].lower() for r in replay} & {q.lower() for q in candidates}
+
+
+def test_mix_replay_keeps_every_task_record_and_hits_the_fraction():
+    from ftlab.course_data import mix_replay
+
+    task = [{"id": i} for i in range(300)]
+    replay = [{"r": i} for i in range(7)]
+    mixed = mix_replay(task, replay, 0.25, seed=1)
+    assert sorted(r["id"] for r in mixed if "id" in r) == list(range(300))
+    counts = Counter(r["r"] for r in mixed if "r" in r)
+    assert sum(counts.values()) == 100 and max(counts.values()) - min(counts.values()) <= 1
+    assert mixed != task + [r for r in mixed if "r" in r]  # shuffled
+    assert mix_replay(task, [], 0.0) == task or sorted(r["id"] for r in mix_replay(task, [], 0.0)) == list(range(300))
+    with pytest.raises(ValueError, match="fraction"):
+        mix_replay(task, replay, 1.0)
+    with pytest.raises(ValueError, match="general_replay"):
+        mix_replay(task, [], 0.2)
+
+
 def test_load_course_data_limit_and_errors(monkeypatch, tmp_path):
     assert len(load_course_data("instructions", "test", limit=3)) == 3
     assert load_course_data("instructions", limit=1) == load_course_data("instructions", "train", limit=1)

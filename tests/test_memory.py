@@ -107,17 +107,31 @@ def test_lora_parameter_count_equals_peft(targets):
 @pytest.mark.parametrize("cfg_kwargs", [
     dict(method="full", batch_size=2, seq_len=48),
     dict(method="lora", batch_size=2, seq_len=48, checkpointing=True),
+    dict(method="full", batch_size=4, seq_len=64, trained_fraction=0.25),   # ftlab.train's loss (loss="trained")
 ])
 def test_estimate_matches_memtracker_on_the_tiny_model(cfg_kwargs):
-    from ftlab.bench.memory import Config, build, estimate_for, make_batch, measure_training_peak
+    from ftlab.bench.memory import Config, build, estimate_for, make_batch, measure_training_peak, trained_positions
 
     torch.manual_seed(0)
     cfg = Config("tiny", **cfg_kwargs)
     model, opt = build(cfg, "cpu")
-    batch = make_batch(model.config.vocab_size, cfg.batch_size, cfg.seq_len, cfg.padded)
-    measured, _ = measure_training_peak(model, opt, batch)
-    predicted = estimate_for(cfg, "cpu").tensor_bytes
+    batch = make_batch(model.config.vocab_size, cfg.batch_size, cfg.seq_len, cfg.padded,
+                       trained_fraction=cfg.trained_fraction)
+    trained_only = cfg.trained_fraction is not None
+    measured, _ = measure_training_peak(model, opt, batch, trained_logits_only=trained_only)
+    predicted = estimate_for(cfg, "cpu", trained_positions(batch) if trained_only else None).tensor_bytes
     assert abs(predicted - measured) / measured < 0.05, (predicted, measured)
+
+
+def test_trained_logits_only_shrinks_the_logits_term():
+    full = M.estimate_memory("tiny", batch_size=8, seq_len=128, device="cpu")
+    trained = M.estimate_memory("tiny", batch_size=8, seq_len=128, loss="trained", trained_tokens=200, device="cpu")
+    assert trained.tensor_bytes < full.tensor_bytes
+    full_b, trained_b = (next(c.bytes for c in e.components if c.name == "logits + cross-entropy buffers")
+                         for e in (full, trained))
+    assert trained_b * 8 * 128 == pytest.approx(full_b * 200, rel=1e-9)   # proportional to the positions
+    with pytest.raises(ValueError, match="trained_tokens"):
+        M.estimate_memory("tiny", loss="trained", device="cpu")
 
 
 # ----------------------------------------------------------------------------- the terms

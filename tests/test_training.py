@@ -142,6 +142,42 @@ def test_causal_lm_loss_matches_transformers(tok):
     assert 0 <= correct <= n
 
 
+@pytest.mark.parametrize("strategy", ["pad", "pack"])
+def test_trained_logits_only_gives_the_same_loss_and_gradients(strategy):
+    """The output layer at trained positions only (ftlab's default) changes cost, not results."""
+    from ftlab.batching import make_batches
+    from ftlab.loss import forward_loss
+
+    model = small_model()
+    batch = make_batches(masked_examples(8, seed=3), 4, strategy, max_length=64, pad_token_id=0, shuffle=False)[0]
+    assert (batch["labels"] == -100).float().mean() > 0.2, "the batch must have untrained positions"
+    results = []
+    for only in (False, True):
+        model.zero_grad()
+        loss_sum, n, correct = forward_loss(model, batch, trained_logits_only=only)
+        loss_sum.backward()
+        results.append((loss_sum.item(), int(n), int(correct), torch.cat([p.grad.flatten() for p in model.parameters()])))
+    (full, n_full, c_full, g_full), (only, n_only, c_only, g_only) = results
+    assert (n_only, c_only) == (n_full, c_full)
+    assert only == pytest.approx(full, rel=1e-6)
+    torch.testing.assert_close(g_only, g_full, rtol=1e-4, atol=1e-6)
+
+
+def test_trained_logits_only_in_train_and_its_fallback(tok, tmp_path):
+    from ftlab.loss import accepts_logits_mask
+    from ftlab.methods import prepare_model
+
+    runs = [train(small_model(), tok, masked_examples(16), config=cfg(tmp_path / str(only), max_steps=3,
+                                                                      trained_logits_only=only))
+            for only in (False, True)]
+    for a, b in zip(*(r.train_history for r in runs)):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+    assert accepts_logits_mask(prepare_model(small_model(), "lora"))
+    # prompt tuning puts virtual tokens in front: positions shift, so the loop falls back to all logits
+    assert not accepts_logits_mask(prepare_model(small_model(), "prompt_tuning", tokenizer=tok))
+
+
 # --------------------------------------------------------------------------- resume and checkpoints
 
 

@@ -2,7 +2,8 @@
 
 ``python -m ftlab.bench.memory`` runs one real training configuration after another (tiny model and
 SmolLM2-135M; full / LoRA / QLoRA / freeze; with and without gradient checkpointing; AdamW and SGD;
-several batch sizes and sequence lengths), two full steps each (forward, backward, optimizer step:
+several batch sizes and sequence lengths; transformers' loss with logits at every position, and
+ftlab.train's with the output layer only where a label exists), two full steps each (forward, backward, optimizer step:
 the second step is the steady state, because AdamW creates its states lazily in the first), and
 prints per configuration:
 
@@ -46,6 +47,9 @@ class Config:
     attention: str = "sdpa"
     padded: bool = True
     trainable_layers: int | None = None
+    trained_fraction: float | None = None  # None: every token trained, logits everywhere (transformers' path);
+    # else the share of each row that is answer (the rest prompt, label -100) and the step runs
+    # ftlab.train's loss with the output layer only at trained positions (loss="trained")
     extra: dict = field(default_factory=dict)
 
     def label(self) -> str:
@@ -62,6 +66,8 @@ class Config:
             bits.append(self.attention)
         if not self.padded:
             bits.append("nopad")
+        if self.trained_fraction is not None:
+            bits.append(f"train{round(100 * self.trained_fraction)}%")
         return " ".join(bits)
 
 
@@ -93,11 +99,22 @@ CONFIGS = [
     Config(SMOL, "qlora", 8, 64, optimizer="sgd"),
     Config(SMOL, "freeze", 4, 128),
     Config(SMOL, "freeze", 8, 64, optimizer="sgd"),
+    # ftlab.train's own loss: the output layer only where a label exists (TrainConfig.trained_logits_only)
+    Config(TINY, "full", 8, 128, trained_fraction=0.2),
+    Config(TINY, "lora", 8, 128, trained_fraction=0.2),
+    Config(SMOL, "full", 4, 128, trained_fraction=0.2),
+    Config(SMOL, "full", 4, 128, checkpointing=True, trained_fraction=0.5),
+    Config(SMOL, "lora", 8, 128, trained_fraction=0.2),
+    Config(SMOL, "qlora", 4, 128, trained_fraction=0.2),
 ]
 
 
-def make_batch(tokenizer_vocab: int, batch_size: int, seq_len: int, padded: bool, seed: int = 0, device="cpu") -> dict:
-    """Random token ids; when ``padded``, every other sequence is a quarter shorter (dynamic padding)."""
+def make_batch(tokenizer_vocab: int, batch_size: int, seq_len: int, padded: bool, seed: int = 0, device="cpu",
+               trained_fraction: float | None = None) -> dict:
+    """Random token ids; when ``padded``, every other sequence is a quarter shorter (dynamic padding).
+
+    ``trained_fraction``: only the last part of each row is trained (the "answer"); the first part
+    (the "prompt") gets label -100."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, tokenizer_vocab, (batch_size, seq_len), generator=g)
     mask = torch.ones(batch_size, seq_len, dtype=torch.long)
@@ -107,6 +124,11 @@ def make_batch(tokenizer_vocab: int, batch_size: int, seq_len: int, padded: bool
             mask[b, cut:] = 0
             ids[b, cut:] = 0
     labels = ids.masked_fill(mask == 0, -100)
+    if trained_fraction is not None:
+        lengths = mask.sum(1)
+        for b in range(batch_size):
+            prompt = int(lengths[b]) - max(2, round(trained_fraction * int(lengths[b])))
+            labels[b, :max(prompt, 0)] = -100
     return {k: v.to(device) for k, v in {"input_ids": ids, "attention_mask": mask, "labels": labels}.items()}
 
 
@@ -182,8 +204,15 @@ def _tracker():
     return Tracker()
 
 
-def measure_training_peak(model, optimizer, batch: dict, steps: int = 2) -> tuple[int, str]:
-    """Peak bytes over ``steps`` training steps, and the phase in which it happened."""
+def measure_training_peak(model, optimizer, batch: dict, steps: int = 2,
+                          trained_logits_only: bool = False) -> tuple[int, str]:
+    """Peak bytes over ``steps`` training steps, and the phase in which it happened.
+
+    The loss is transformers' (``model(**batch).loss``, logits at every position), or with
+    ``trained_logits_only`` ftlab.train's (``ftlab.loss.forward_loss``: the output layer only
+    where a label exists)."""
+    from ftlab.loss import forward_loss
+
     phases = []
     if next(model.parameters()).device.type == "cuda":
         torch.cuda.synchronize()
@@ -200,7 +229,12 @@ def measure_training_peak(model, optimizer, batch: dict, steps: int = 2) -> tupl
         for step in range(steps):
             if ctx is not None:
                 ctx.reset_mod_stats()  # per-module stats are per iteration; the global peak is kept
-            loss = model(**batch).loss
+            if trained_logits_only:
+                loss_sum, n_trained, _ = forward_loss(model, batch, trained_logits_only=True)
+                loss = loss_sum / n_trained
+                del loss_sum
+            else:
+                loss = model(**batch).loss
             phases.append((f"step {step + 1} forward", peak()))
             loss.backward()
             del loss
@@ -226,7 +260,12 @@ def accelerate_training_bytes(model) -> int:
     return max(estimate_training_usage(total, "float32").values())
 
 
-def estimate_for(cfg: Config, device: str):
+def trained_positions(batch: dict) -> int:
+    """Positions with a next-token label: where ftlab.train computes logits (``forward_loss``)."""
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
+def estimate_for(cfg: Config, device: str, trained_tokens: int | None = None):
     from ftlab.memory import get_architecture
     from ftlab.models import smollm2_dir
 
@@ -234,7 +273,8 @@ def estimate_for(cfg: Config, device: str):
     return estimate_memory(arch, method=cfg.method, batch_size=cfg.batch_size, seq_len=cfg.seq_len, optimizer=cfg.optimizer,
                            gradient_checkpointing=cfg.checkpointing, lora_rank=cfg.lora_rank, lora_targets=cfg.lora_targets,
                            lora_dropout=cfg.lora_dropout, attention=cfg.attention, padded=cfg.padded,
-                           trainable_layers=cfg.trainable_layers, device=device)
+                           trainable_layers=cfg.trainable_layers, device=device,
+                           loss="trained" if cfg.trained_fraction is not None else "full", trained_tokens=trained_tokens)
 
 
 def run(configs, device: str = "cpu", out=sys.stdout) -> list[dict]:
@@ -247,10 +287,12 @@ def run(configs, device: str = "cpu", out=sys.stdout) -> list[dict]:
         torch.manual_seed(0)
         t0 = time.time()
         model, opt = build(cfg, device)
-        batch = make_batch(model.config.vocab_size, cfg.batch_size, cfg.seq_len, cfg.padded, device=device)
-        measured, where = measure_training_peak(model, opt, batch)
+        batch = make_batch(model.config.vocab_size, cfg.batch_size, cfg.seq_len, cfg.padded, device=device,
+                           trained_fraction=cfg.trained_fraction)
+        trained_only = cfg.trained_fraction is not None
+        measured, where = measure_training_peak(model, opt, batch, trained_logits_only=trained_only)
         acc = accelerate_training_bytes(model)
-        est = estimate_for(cfg, device)
+        est = estimate_for(cfg, device, trained_positions(batch) if trained_only else None)
         predicted = est.tensor_bytes
         err = 100.0 * (predicted - measured) / measured
         rows.append(dict(config=cfg.label(), estimate=predicted, measured=measured, error_pct=err, accelerate=acc,

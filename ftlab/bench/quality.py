@@ -7,7 +7,9 @@ on a CPU by default:
    (seeded), and prints how wide a confidence interval that sample size gives;
 2. evaluates the base model on it (greedy, chat template, ``ftlab.evaluate``) and asks it the
    probe questions (general knowledge it answered correctly before any training);
-3. trains LoRA adapters on the course training data with ``ftlab.train``;
+3. trains LoRA adapters with ``ftlab.train`` on the course training data, mixed with a share of
+   *general replay* (``--replay``, default 20 %: general prompts with the base model's own answers,
+   ``data/general_replay.jsonl``), the guard against forgetting that notebook 03 measures;
 4. evaluates the fine-tuned model on the same examples and probes;
 5. prints the comparison table with 95 % bootstrap CIs, the paired improvement with its own
    CI, the forgetting report, a few examples that changed, the wall time of every phase, and a
@@ -15,7 +17,7 @@ on a CPU by default:
 
 Target: the fine-tuned model beats the base model by a margin well outside the CI (the
 paired CI's lower end above zero by a wide margin, here >= 0.15) with at most a small drop on
-the probes (<= 10 points). The default run takes about 15-25 minutes on 2 idle cores;
+the probes (<= 10 points). The default run takes about 7-8 minutes on 2 idle cores;
 ``--model tiny --steps 3 --n-test 8`` checks the script in a minute (its numbers mean nothing).
 """
 
@@ -46,12 +48,16 @@ def sample_test_records(records, n: int, seed: int = 0) -> list[dict]:
     return picked
 
 
+def _device_type(model) -> str:
+    return next(model.parameters()).device.type
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m ftlab.bench.quality", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m-instruct", help="any name ftlab.load_model accepts")
     p.add_argument("--steps", type=int, default=60, help="LoRA optimizer steps (default 60)")
-    p.add_argument("--n-test", type=int, default=160, help="test examples, split evenly over the tasks")
+    p.add_argument("--n-test", type=int, default=96, help="test examples, split evenly over the tasks")
     p.add_argument("--batch-size", type=int, default=8, help="training examples per step")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha = 2 x rank)")
@@ -66,6 +72,11 @@ def main(argv=None) -> int:
                    help="course: train and test with the course's system prompt, so the new behaviour is tied to "
                         "it and general questions (asked with the model's default prompt) are disturbed less; "
                         "default: no system message (the chat template inserts the model's own)")
+    p.add_argument("--replay", type=float, default=0.2, metavar="FRACTION",
+                   help="share of the training mix taken from data/general_replay.jsonl (general prompts with "
+                        "the base model's own answers, default system prompt): a guard against forgetting; 0 = off")
+    p.add_argument("--predictions", metavar="FILE.jsonl",
+                   help="also write every test answer of both models here (task, reference, predictions, scores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--show", type=int, default=6, help="changed examples to print")
     args = p.parse_args(argv)
@@ -75,7 +86,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from ftlab import TrainConfig, load_model, train
-    from ftlab.course_data import SYSTEM_PROMPT, TASKS, load_course_data
+    from ftlab.course_data import SYSTEM_PROMPT, TASKS, load_course_data, mix_replay
     from ftlab.evaluate import comparison_from_results, evaluate_model, forgetting_report, probe_accuracy
 
     t_start = time.perf_counter()
@@ -93,6 +104,9 @@ def main(argv=None) -> int:
         # A system prompt is part of the data: tying the task to it is a cheap guard against forgetting.
         train_records, val_records, test_records = (
             [{**r, "system": SYSTEM_PROMPT} for r in rs] for rs in (train_records, val_records, test_records))
+    n_task_records = len(train_records)
+    if args.replay:
+        train_records = mix_replay(train_records, load_course_data("general_replay"), args.replay, seed=args.seed)
 
     print(f"ftlab quality benchmark  model={args.model}  torch threads={torch.get_num_threads()}  "
           f"started {time.strftime('%Y-%m-%d %H:%M:%S')}")
@@ -101,8 +115,10 @@ def main(argv=None) -> int:
           f"a score's 95% CI is about ±1.96·sd/√n, ±{1.96 * 0.5 / len(test_records) ** 0.5:.3f} at worst "
           "(sd 0.5, scores 0/1); the paired difference's CI is usually narrower")
     print(f"training: LoRA r={args.rank} alpha={2 * args.rank} lr={args.lr} steps={args.steps} "
-          f"batch={args.batch_size} on {len(train_records)} training examples "
-          f"({args.steps * args.batch_size} seen), system prompt: {args.system_prompt}")
+          f"batch={args.batch_size} on {n_task_records} task examples"
+          + (f" + {len(train_records) - n_task_records} general replay examples ({args.replay:.0%} of the mix)"
+             if args.replay else "")
+          + f" ({args.steps * args.batch_size} seen), system prompt: {args.system_prompt}")
     print(f"probes: {0 if probes is None else len(probes)} general questions the base model answers correctly")
 
     t = time.perf_counter()
@@ -141,7 +157,9 @@ def main(argv=None) -> int:
     k = max(1, len(losses) // 10)
     print(f"train loss: first {k} steps {sum(losses[:k]) / k:.3f} -> last {k} steps {sum(losses[-k:]) / k:.3f}; "
           f"validation loss {vals[0]:.3f} -> {vals[-1]:.3f}" if vals else "")
-    print(f"training wall time {phases['train']:.0f}s ({phases['train'] / max(1, args.steps):.1f}s/step)")
+    peak = max(h["peak_memory_mb"] for h in result.train_history)
+    print(f"training wall time {phases['train']:.0f}s ({phases['train'] / max(1, args.steps):.1f}s/step); "
+          f"peak memory {peak / 1024:.2f} GiB ({'allocated on the GPU' if _device_type(model) == 'cuda' else 'process RSS'})")
 
     print("\n[3/4] fine-tuned model on the same test sample", flush=True)
     tuned, tuned_probes = evaluate(tuned_model, "lora")
@@ -162,6 +180,17 @@ def main(argv=None) -> int:
             print(f"  [{row['task']}] Δ{row['delta']:+.2f}  reference: {row['reference']!r}")
             print(f"      base: {row['prediction_base'][:110]!r}")
             print(f"      lora: {row['prediction_lora'][:110]!r}")
+
+    if args.predictions:
+        import json
+
+        with open(args.predictions, "w", encoding="utf-8") as f:
+            for b, t in zip(base.examples, tuned.examples):
+                f.write(json.dumps({"task": b.get("task"), "reference": b.get("reference"),
+                                    "base": b.get("prediction"), "base_score": b.get("score"),
+                                    "lora": t.get("prediction"), "lora_score": t.get("score")},
+                                   ensure_ascii=False) + "\n")
+        print(f"wrote every answer to {args.predictions}")
 
     forgetting = None
     if probes is not None:

@@ -1,0 +1,109 @@
+"""The causal language-modelling loss, as ftlab's training loop computes it.
+
+Notebook 02 derives it; this is the code. Three functions:
+
+* :func:`causal_lm_loss` - logits + labels -> the *summed* cross-entropy over trained tokens, their
+  count and how many were predicted right. A sum, because the training loop divides once by the
+  trained tokens of the whole optimizer step (every micro-batch, every process): averaging each
+  micro-batch first would weight a token in a short micro-batch more than one in a long one (the
+  gradient-accumulation bug found in many trainers in 2024).
+* :func:`forward_loss` - one forward pass of a model on a batch -> the same three numbers; with
+  ``trained_logits_only`` it computes the output layer only where a label exists.
+* :func:`evaluate_loss` - validation loss, perplexity and next-token accuracy over batches.
+
+Example:
+    >>> import torch
+    >>> logits = torch.zeros(1, 3, 5)                 # 3 positions, a 5-token vocabulary, all equal
+    >>> loss_sum, n, correct = causal_lm_loss(logits, torch.tensor([[-100, 2, 4]]))
+    >>> int(n), round(float(loss_sum / n), 4)           # 2 trained tokens, each costs ln(5)
+    (2, 1.6094)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ftlab.batching import model_inputs
+from ftlab.methods import is_peft_model
+
+IGNORE_INDEX = -100
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor):
+    """Summed next-token cross-entropy over trained tokens; returns ``(loss_sum, n_tokens, n_correct)``.
+
+    Position ``t`` predicts token ``t + 1``, so labels are shifted left by one (padded with -100 at the
+    end) rather than slicing the logits, which would copy the biggest tensor of the step. The sum, not
+    the mean, is returned: the caller divides by the trained tokens of the *whole* optimizer step.
+    """
+    logits = logits[:, -labels.shape[1]:]  # prompt tuning puts virtual tokens in front; drop them
+    targets = next_token_targets(labels)
+    loss_sum = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                               ignore_index=IGNORE_INDEX, reduction="sum")
+    mask = targets != IGNORE_INDEX
+    n_correct = ((logits.argmax(-1) == targets) & mask).sum()
+    return loss_sum, mask.sum(), n_correct
+
+
+def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
+    """``labels`` shifted left by one: the token each position must predict (-100 where none is trained)."""
+    return F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
+
+
+def accepts_logits_mask(model) -> bool:
+    """Can ``model`` compute logits for chosen positions only (transformers' ``logits_to_keep`` mask)?
+
+    Not with prompt tuning (peft adds virtual tokens in front, so positions shift) or with a model
+    class whose ``forward`` has no ``logits_to_keep`` argument.
+    """
+    import inspect
+
+    if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
+        return False
+    base = model.get_base_model() if is_peft_model(model) else model
+    base = getattr(base, "module", base)  # DDP
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def forward_loss(model, batch, trained_logits_only: bool = False):
+    """One forward pass -> ``causal_lm_loss``'s ``(loss_sum, n_tokens, n_correct)``.
+
+    ``trained_logits_only``: run the output layer only where a token is trained. It is the biggest
+    matmul of a small model (hidden x 49,152 vocabulary here) and its fp32 logits the biggest tensor;
+    in instruction data most positions are prompt (label -100), and their logits would only be thrown
+    away. The loss and every gradient are the same (a test checks it); time and memory are not.
+    """
+    inputs = model_inputs({k: v for k, v in batch.items() if k not in ("labels", "seq_lengths")})
+    if not trained_logits_only:
+        return causal_lm_loss(model(**inputs, use_cache=False).logits, batch["labels"])
+    targets = next_token_targets(batch["labels"])
+    keep = targets != IGNORE_INDEX
+    # A boolean (batch, seq) mask: transformers returns the logits of the True positions, flattened.
+    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
+    targets = targets[keep]
+    loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
+    return loss_sum, keep.sum(), (logits.argmax(-1) == targets).sum()
+
+
+@torch.no_grad()
+def evaluate_loss(model, batches, accelerator=None, trained_logits_only: bool = False) -> dict:
+    """Validation loss (mean over trained tokens), perplexity ``exp(loss)`` and next-token accuracy."""
+    was_training = model.training
+    model.eval()
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    device = accelerator.device if accelerator else next(model.parameters()).device
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, tokens, correct
+    for batch in batches[rank::world]:  # each process takes its share of the batches
+        ctx = accelerator.autocast() if accelerator else contextlib.nullcontext()
+        with ctx:
+            loss_sum, n, correct = forward_loss(model, {k: v.to(device) for k, v in batch.items()}, trained_logits_only)
+        totals += torch.stack([loss_sum.double(), n.double(), correct.double()])
+    if accelerator and world > 1:
+        totals = accelerator.reduce(totals, reduction="sum")
+    model.train(was_training)
+    loss = (totals[0] / totals[1].clamp(min=1)).item()
+    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700)), "val_token_acc": (totals[2] / totals[1].clamp(min=1)).item()}
