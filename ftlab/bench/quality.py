@@ -8,7 +8,7 @@ on a CPU by default:
 2. evaluates the base model on it (greedy, chat template, ``ftlab.evaluate``) and asks it the
    probe questions (general knowledge it answered correctly before any training);
 3. trains LoRA adapters with ``ftlab.train`` on the course training data, mixed with a share of
-   *general replay* (``--replay``, default 20 %: general prompts with the base model's own answers,
+   *general replay* (``--replay``, default 30 %: general prompts with the base model's own answers,
    ``data/general_replay.jsonl``), the guard against forgetting that notebook 03 measures;
 4. evaluates the fine-tuned model on the same examples and probes;
 5. prints the comparison table with 95 % bootstrap CIs, the paired improvement with its own
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
                    help="course: train and test with the course's system prompt, so the new behaviour is tied to "
                         "it and general questions (asked with the model's default prompt) are disturbed less; "
                         "default: no system message (the chat template inserts the model's own)")
-    p.add_argument("--replay", type=float, default=0.2, metavar="FRACTION",
+    p.add_argument("--replay", type=float, default=0.3, metavar="FRACTION",
                    help="share of the training mix taken from data/general_replay.jsonl (general prompts with "
                         "the base model's own answers, default system prompt): a guard against forgetting; 0 = off")
     p.add_argument("--predictions", metavar="FILE.jsonl",
