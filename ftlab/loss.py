@@ -54,6 +54,12 @@ def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
     return F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
 
 
+def count_trained_tokens(labels: torch.Tensor) -> int:
+    """Positions that have a next-token label: the denominator of the loss (the first token of a row
+    is never predicted, so ``labels[:, 1:]``)."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
 def accepts_logits_mask(model) -> bool:
     """Can ``model`` compute logits for chosen positions only (transformers' ``logits_to_keep`` mask)?
 
@@ -65,7 +71,6 @@ def accepts_logits_mask(model) -> bool:
     if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
         return False
     base = model.get_base_model() if is_peft_model(model) else model
-    base = getattr(base, "module", base)  # DDP
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 

@@ -47,7 +47,8 @@ import torch
 
 from ftlab import checkpoint as ckpt
 from ftlab.batching import BatchStream, make_batches, prepare_examples
-from ftlab.loss import IGNORE_INDEX, accepts_logits_mask, causal_lm_loss, evaluate_loss, forward_loss  # noqa: F401
+from ftlab.loss import (accepts_logits_mask, causal_lm_loss, count_trained_tokens,  # noqa: F401 (causal_lm_loss:
+                        evaluate_loss, forward_loss)                                   # re-exported, older imports)
 from ftlab.methods import is_peft_model, is_quantized
 from ftlab.tracking import RunLogger, format_postfix, progress_bar
 from ftlab.train_config import TrainConfig, TrainResult  # noqa: F401  (both are part of this module's API)
@@ -255,8 +256,7 @@ def train(model, tokenizer, train_data, eval_data=None, config: TrainConfig | No
                 t0 = time.time()  # (after take(): a new epoch's batches are built there, once per epoch)
                 micro = [{k: v.to(accelerator.device) for k, v in b.items()} for b in micro]
                 # The loss's denominator: trained tokens of the whole step, summed over every process.
-                # (labels[:, 1:]: the first token of a row is never predicted.)
-                counts = torch.tensor([sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro),
+                counts = torch.tensor([sum(count_trained_tokens(b["labels"]) for b in micro),
                                        sum(int(b["attention_mask"].sum()) for b in micro)], device=accelerator.device)
                 if world > 1:
                     counts = accelerator.reduce(counts, reduction="sum")

@@ -110,7 +110,8 @@ def test_lora_parameter_count_equals_peft(targets):
     dict(method="full", batch_size=4, seq_len=64, trained_fraction=0.25),   # ftlab.train's loss (loss="trained")
 ])
 def test_estimate_matches_memtracker_on_the_tiny_model(cfg_kwargs):
-    from ftlab.bench.memory import Config, build, estimate_for, make_batch, measure_training_peak, trained_positions
+    from ftlab.bench.memory import Config, build, estimate_for, make_batch, measure_training_peak
+    from ftlab.loss import count_trained_tokens
 
     torch.manual_seed(0)
     cfg = Config("tiny", **cfg_kwargs)
@@ -119,7 +120,7 @@ def test_estimate_matches_memtracker_on_the_tiny_model(cfg_kwargs):
                        trained_fraction=cfg.trained_fraction)
     trained_only = cfg.trained_fraction is not None
     measured, _ = measure_training_peak(model, opt, batch, trained_logits_only=trained_only)
-    predicted = estimate_for(cfg, "cpu", trained_positions(batch) if trained_only else None).tensor_bytes
+    predicted = estimate_for(cfg, "cpu", count_trained_tokens(batch["labels"]) if trained_only else None).tensor_bytes
     assert abs(predicted - measured) / measured < 0.05, (predicted, measured)
 
 

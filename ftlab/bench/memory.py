@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ftlab.loss import count_trained_tokens
 from ftlab.memory import _fmt, estimate_memory
 
 
@@ -260,11 +261,6 @@ def accelerate_training_bytes(model) -> int:
     return max(estimate_training_usage(total, "float32").values())
 
 
-def trained_positions(batch: dict) -> int:
-    """Positions with a next-token label: where ftlab.train computes logits (``forward_loss``)."""
-    return int((batch["labels"][:, 1:] != -100).sum())
-
-
 def estimate_for(cfg: Config, device: str, trained_tokens: int | None = None):
     from ftlab.memory import get_architecture
     from ftlab.models import smollm2_dir
@@ -292,7 +288,7 @@ def run(configs, device: str = "cpu", out=sys.stdout) -> list[dict]:
         trained_only = cfg.trained_fraction is not None
         measured, where = measure_training_peak(model, opt, batch, trained_logits_only=trained_only)
         acc = accelerate_training_bytes(model)
-        est = estimate_for(cfg, device, trained_positions(batch) if trained_only else None)
+        est = estimate_for(cfg, device, count_trained_tokens(batch["labels"]) if trained_only else None)
         predicted = est.tensor_bytes
         err = 100.0 * (predicted - measured) / measured
         rows.append(dict(config=cfg.label(), estimate=predicted, measured=measured, error_pct=err, accelerate=acc,

@@ -48,10 +48,6 @@ def sample_test_records(records, n: int, seed: int = 0) -> list[dict]:
     return picked
 
 
-def _device_type(model) -> str:
-    return next(model.parameters()).device.type
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m ftlab.bench.quality", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -159,7 +155,7 @@ def main(argv=None) -> int:
           f"validation loss {vals[0]:.3f} -> {vals[-1]:.3f}" if vals else "")
     peak = max(h["peak_memory_mb"] for h in result.train_history)
     print(f"training wall time {phases['train']:.0f}s ({phases['train'] / max(1, args.steps):.1f}s/step); "
-          f"peak memory {peak / 1024:.2f} GiB ({'allocated on the GPU' if _device_type(model) == 'cuda' else 'process RSS'})")
+          f"peak memory {peak / 1024:.2f} GiB ({'allocated on the GPU' if next(model.parameters()).device.type == 'cuda' else 'process RSS'})")
 
     print("\n[3/4] fine-tuned model on the same test sample", flush=True)
     tuned, tuned_probes = evaluate(tuned_model, "lora")

@@ -42,6 +42,8 @@ from functools import partial
 
 import torch
 
+from ftlab.loss import count_trained_tokens
+
 TARGETS = {"vs_trainer": 1.0, "pack_vs_pad": 1.5, "full_ft_of_roofline": 0.80}
 
 
@@ -56,10 +58,6 @@ def course_examples(tokenizer, n: int, max_length: int) -> list[dict]:
 
     records = load_records(course_data_path("instructions", "train"))[:n]
     return tokenize_dataset(records, tokenizer, max_length=max_length, verbose=False)
-
-
-def _trained(batch) -> int:
-    return int((batch["labels"][:, 1:] != -100).sum())
 
 
 def _throughput(step_ends: list[float], batches: list[dict], warmup: int) -> dict:
@@ -107,9 +105,9 @@ def run_ftlab(args, tokenizer, examples, batching: str, batch_size: int, shuffle
         result = train(model, tokenizer, examples, config=config, callbacks=[lambda record: step_ends.append(time.perf_counter())])
     history = result.train_history
     for record, batch in zip(history, batches):  # same batches as we think, or the numbers are wrong
-        if record["step_tokens"] != _trained(batch):
+        if record["step_tokens"] != count_trained_tokens(batch["labels"]):
             raise RuntimeError(f"ftlab step {record['step']}: {record['step_tokens']} trained tokens, expected "
-                               f"{_trained(batch)}: the loop's batch order changed; update this benchmark.")
+                               f"{count_trained_tokens(batch['labels'])}: the loop's batch order changed; update this benchmark.")
     out = _throughput(step_ends, batches, args.warmup)
     out["mean_loss"] = statistics.mean(h["loss"] for h in history)
     out["peak_memory_mb"] = max(h["peak_memory_mb"] for h in history)
