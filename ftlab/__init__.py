@@ -11,37 +11,33 @@ Example:
 
 from __future__ import annotations
 
-import importlib
+from ftlab._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it
+# public name -> module that defines it. The packages follow the course: data -> training ->
+# memory -> evaluate (and exercises for the notebooks).
 _EXPORTS = {
     "load_model": "models", "load_tokenizer": "models", "chat": "models", "prefetch": "models",
     "pick_device": "models", "pick_dtype": "models",
     "get_profile": "profiles", "Profile": "profiles",
-    "load_records": "data", "validate_records": "data", "DataValidationError": "data",
-    "summarize_dataset": "data", "split_records": "data",
-    "tokenize_example": "templates", "tokenize_dataset": "templates", "render_token_view": "templates",
-    "mask_prompt_tokens": "templates",
-    "collate": "batching", "make_batches": "batching", "padding_waste": "batching", "pack_examples": "batching",
-    "load_course_data": "course_data", "score_example": "course_data",
-    "prepare_model": "methods", "count_parameters": "methods",
-    "TrainConfig": "train_config", "TrainResult": "train_config", "train": "training",
-    "estimate_memory": "memory", "estimate_inference_memory": "memory", "HARDWARE": "memory",
-    "evaluate_model": "evaluate", "compare_models": "evaluate", "bootstrap_ci": "evaluate",
-    "check": "exercises",
+    "load_records": "data.records", "validate_records": "data.records",
+    "DataValidationError": "data.records", "summarize_dataset": "data.records",
+    "split_records": "data.records",
+    "tokenize_example": "data.templates", "tokenize_dataset": "data.templates",
+    "render_token_view": "data.templates", "mask_prompt_tokens": "data.templates",
+    "collate": "data.batching", "make_batches": "data.batching", "padding_waste": "data.batching",
+    "pack_examples": "data.batching",
+    "load_course_data": "data.course", "score_example": "data.course",
+    "prepare_model": "training.methods", "count_parameters": "training.methods",
+    "TrainConfig": "training.config", "TrainResult": "training.config", "train": "training.loop",
+    "estimate_memory": "memory.estimator", "estimate_inference_memory": "memory.estimator",
+    "HARDWARE": "memory.estimator",
+    "evaluate_model": "evaluate.harness", "compare_models": "evaluate.harness",
+    "bootstrap_ci": "evaluate.harness",
+    "check": "exercises.checkers",
     "quiet": "widgets",
     "doctor": "system",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ftlab' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"ftlab.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

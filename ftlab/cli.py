@@ -45,7 +45,7 @@ def _train(argv=None) -> int:
         if not sep:
             parser.error(f"--set {item!r}: expected KEY=VALUE")
         overrides[key.strip()] = yaml.safe_load(value)
-    from ftlab.train_config import TrainConfig
+    from ftlab.training.config import TrainConfig
 
     config = TrainConfig.from_yaml(args.config, **overrides)
     if not config.model or not config.train_file:
@@ -53,7 +53,7 @@ def _train(argv=None) -> int:
     from accelerate import PartialState
 
     from ftlab.models import load_model, pick_device
-    from ftlab.training import train
+    from ftlab.training.loop import train
 
     # Under `accelerate launch`, every process loads the model straight onto its own device.
     state = PartialState(cpu=pick_device().type == "cpu")
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         # These two own their flags; hand the rest of the line over unchanged.
         if argv[0] == "train":
             return _train(argv[1:])
-        from ftlab.memory import cli_main
+        from ftlab.memory.estimator import cli_main
 
         return int(cli_main(argv[1:]) or 0)
 

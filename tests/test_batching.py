@@ -1,4 +1,4 @@
-"""ftlab.batching: padding, length grouping, packing (position ids, isolation), padding waste."""
+"""ftlab.data: padding, length grouping, packing (position ids, isolation), padding waste."""
 
 import random
 from collections import Counter
@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 import torch
 
-from ftlab.batching import (
+from ftlab.data import (
     IGNORE_INDEX,
     collate,
     make_batches,

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 import torch
 
-from ftlab import checkpoint as ckpt
+from ftlab.training import checkpoint as ckpt
 
 
 def tiny_setup(seed=0):
@@ -82,7 +82,7 @@ def test_process_killed_mid_save_keeps_previous_checkpoint(tmp_path):
     """A real kill (os._exit: no exception handlers, no cleanup) after half of the files are written."""
     script = textwrap.dedent(f"""
         import os, torch
-        from ftlab import checkpoint as ckpt
+        from ftlab.training import checkpoint as ckpt
         torch.manual_seed(0)
         model = torch.nn.Linear(4, 4)
         opt = torch.optim.AdamW(model.parameters())

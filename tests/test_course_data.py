@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ftlab import course_data
-from ftlab.course_data import (LABELS, SYSTEM_PROMPT, TASKS, load_course_data, score_example,
+from ftlab.data import course as course_data
+from ftlab.data import (LABELS, SYSTEM_PROMPT, TASKS, load_course_data, score_example,
                                score_probe)
 from ftlab.data import find_leaks, load_records
 
@@ -142,7 +142,7 @@ def test_general_replay_is_the_base_models_own_answers_and_far_from_the_probes()
 
 
 def test_mix_replay_keeps_every_task_record_and_hits_the_fraction():
-    from ftlab.course_data import mix_replay
+    from ftlab.data import mix_replay
 
     task = [{"id": i} for i in range(300)]
     replay = [{"r": i} for i in range(7)]

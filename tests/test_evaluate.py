@@ -35,8 +35,8 @@ def models():
     genuine model whose greedy answers depend on the prompt, which is all the harness needs.
     """
     from ftlab import load_model
-    from ftlab.batching import collate
-    from ftlab.templates import tokenize_example
+    from ftlab.data import collate
+    from ftlab.data import tokenize_example
 
     base, tok = load_model("tiny", device="cpu")
     base.eval()

@@ -137,7 +137,7 @@ def test_solution_shows_the_worked_code_without_the_decorator(capsys):
 
 
 def test_schedule_solutions_match_ftlab_optim():
-    optim = pytest.importorskip("ftlab.optim")
+    optim = pytest.importorskip("ftlab.training")
     assert EXERCISES["optim.cosine_lr"].solution() == pytest.approx(
         optim.lr_at(400, 3e-4, "cosine", warmup_steps=100, total_steps=1000), rel=1e-12)
     mine = EXERCISES["optim.cosine_with_floor_fn"].solution()

@@ -92,7 +92,7 @@ def test_qlora_weights_are_about_a_quarter_of_bf16():
 @pytest.mark.parametrize("targets", ["all-linear", ["q_proj", "v_proj"]])
 def test_lora_parameter_count_equals_peft(targets):
     from ftlab import load_model
-    from ftlab.methods import prepare_model
+    from ftlab.training import prepare_model
 
     model, _ = load_model("tiny")
     model = prepare_model(model, "lora", lora_rank=8, target_modules=targets)
@@ -111,7 +111,7 @@ def test_lora_parameter_count_equals_peft(targets):
 ])
 def test_estimate_matches_memtracker_on_the_tiny_model(cfg_kwargs):
     from ftlab.bench.memory import Config, build, estimate_for, make_batch, measure_training_peak
-    from ftlab.loss import count_trained_tokens
+    from ftlab.training import count_trained_tokens
 
     torch.manual_seed(0)
     cfg = Config("tiny", **cfg_kwargs)
@@ -240,7 +240,7 @@ def test_cli_prints_the_breakdown(capsys):
 
 
 def test_explorer_update_without_a_browser():
-    from ftlab.memory_viz import MemoryExplorer, plot_breakdown
+    from ftlab.memory import MemoryExplorer, plot_breakdown
 
     ex = MemoryExplorer(model="llama-3.1-8b", device="rtx-4090-24gb")
     s = ex.update(method="full", param_dtype="bf16", batch_size=4, seq_len=2048)

@@ -1,11 +1,11 @@
-"""ftlab.methods: what each method trains, QLoRA on CPU, merging and saving adapters."""
+"""ftlab.training: what each method trains, QLoRA on CPU, merging and saving adapters."""
 
 import bitsandbytes as bnb
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ftlab.methods import (
+from ftlab.training import (
     METHODS,
     count_parameters,
     dequantize_model,
@@ -18,7 +18,7 @@ from ftlab.methods import (
     save_adapter,
 )
 from ftlab.models import _fix_special_tokens, load_tokenizer, make_tiny_model
-from ftlab.optim import build_optimizer
+from ftlab.training import build_optimizer
 
 
 @pytest.fixture(scope="module")

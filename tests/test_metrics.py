@@ -1,4 +1,4 @@
-"""ftlab.metrics against the implementations people cite.
+"""ftlab.evaluate against the implementations people cite.
 
 Each metric is compared, to 1e-6, with its reference on a varied corpus: empty strings,
 punctuation-only lines, non-ASCII text (accents, Cyrillic, CJK, emoji), numbers, HTML
@@ -14,7 +14,7 @@ import string
 import pytest
 import torch
 
-from ftlab import metrics
+from ftlab.evaluate import metrics
 
 # ---------------------------------------------------------------------------------------
 # The test corpus

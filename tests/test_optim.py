@@ -1,4 +1,4 @@
-"""ftlab.optim: parameter groups match transformers' Trainer; schedules are identical to transformers'."""
+"""ftlab.training: parameter groups match transformers' Trainer; schedules are identical to transformers'."""
 
 import pytest
 import torch
@@ -10,9 +10,9 @@ from transformers.optimization import (
     get_linear_schedule_with_warmup,
 )
 
-from ftlab.methods import prepare_model
+from ftlab.training import prepare_model
 from ftlab.models import load_tokenizer, make_tiny_model
-from ftlab.optim import build_optimizer, build_scheduler, decay_parameter_names, lr_at
+from ftlab.training import build_optimizer, build_scheduler, decay_parameter_names, lr_at
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,11 @@
-"""ftlab.templates: chat/fallback templates, loss masks (decoded exactly), truncation, the token view."""
+"""ftlab.data: chat/fallback templates, loss masks (decoded exactly), truncation, the token view."""
 
 import copy
 
 import pytest
 
 from ftlab.data import load_records
-from ftlab.templates import (
+from ftlab.data import (
     IGNORE_INDEX,
     TemplateError,
     mask_prompt_tokens,

@@ -3,7 +3,7 @@
 Trainer (5.x) normalises the loss the same way ftlab does: it counts the trained tokens of all
 micro-batches of an optimizer step (``num_items_in_batch``, over ``labels[..., 1:]``), and the model's
 loss divides each micro-batch's *summed* loss by that count. Its AdamW groups leave biases and norm
-weights without decay (``get_decay_parameter_names``), as ``ftlab.optim`` does. So per-step loss,
+weights without decay (``get_decay_parameter_names``), as ``ftlab.training`` does. So per-step loss,
 gradient norm (before clipping) and learning rate must agree, and so must the final weights.
 """
 
@@ -12,7 +12,7 @@ import copy
 import pytest
 import torch
 
-from ftlab.batching import collate
+from ftlab.data import collate
 from ftlab.models import load_tokenizer
 from ftlab.training import TrainConfig, train
 

@@ -97,7 +97,7 @@ def test_accumulation_splits_give_identical_loss_gradients_and_params(tok, tmp_p
 
 def test_averaging_micro_batch_means_is_wrong(tok):
     """The 2024 bug, shown: mean of per-micro-batch means != mean over all trained tokens of the step."""
-    from ftlab.batching import collate
+    from ftlab.data import collate
 
     data = masked_examples(8, seed=1)
     model = small_model()
@@ -131,7 +131,7 @@ def test_averaging_micro_batch_means_is_wrong(tok):
 
 def test_causal_lm_loss_matches_transformers(tok):
     data = masked_examples(4, seed=2)
-    from ftlab.batching import collate
+    from ftlab.data import collate
 
     b = collate(data, pad_token_id=0)
     model = small_model()
@@ -145,8 +145,8 @@ def test_causal_lm_loss_matches_transformers(tok):
 @pytest.mark.parametrize("strategy", ["pad", "pack"])
 def test_trained_logits_only_gives_the_same_loss_and_gradients(strategy):
     """The output layer at trained positions only (ftlab's default) changes cost, not results."""
-    from ftlab.batching import make_batches
-    from ftlab.loss import forward_loss
+    from ftlab.data import make_batches
+    from ftlab.training import forward_loss
 
     model = small_model()
     batch = make_batches(masked_examples(8, seed=3), 4, strategy, max_length=64, pad_token_id=0, shuffle=False)[0]
@@ -164,8 +164,8 @@ def test_trained_logits_only_gives_the_same_loss_and_gradients(strategy):
 
 
 def test_trained_logits_only_in_train_and_its_fallback(tok, tmp_path):
-    from ftlab.loss import accepts_logits_mask
-    from ftlab.methods import prepare_model
+    from ftlab.training import accepts_logits_mask
+    from ftlab.training import prepare_model
 
     runs = [train(small_model(), tok, masked_examples(16), config=cfg(tmp_path / str(only), max_steps=3,
                                                                       trained_logits_only=only))
@@ -277,7 +277,7 @@ def test_device_checks(tok, tmp_path):
 def test_lora_outputs_logs_merge_and_chat(tok, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from ftlab.tracking import LivePlot, read_history, read_tensorboard
+    from ftlab.training import LivePlot, read_history, read_tensorboard
 
     # raw records in the instruction format: converted by ftlab.data on the way in
     data = [{"instruction": f"Double {i}.", "output": str(2 * i)} for i in range(12)]

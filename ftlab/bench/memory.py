@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ftlab.loss import count_trained_tokens
-from ftlab.memory import _fmt, estimate_memory
+from ftlab.training.loss import count_trained_tokens
+from ftlab.memory.estimator import _fmt, estimate_memory
 
 
 @dataclass
@@ -139,8 +139,8 @@ _LOADED: dict = {}
 def build(cfg: Config, device: str = "cpu"):
     """Model (prepared for the method) and optimizer, as the course's training loop builds them."""
     from ftlab import load_model
-    from ftlab.methods import prepare_model
-    from ftlab.optim import build_optimizer
+    from ftlab.training.methods import prepare_model
+    from ftlab.training.optim import build_optimizer
 
     key = (cfg.model, device)
     if key not in _LOADED:  # load (and checksum) each model once; every configuration gets a fresh copy
@@ -212,7 +212,7 @@ def measure_training_peak(model, optimizer, batch: dict, steps: int = 2,
     The loss is transformers' (``model(**batch).loss``, logits at every position), or with
     ``trained_logits_only`` ftlab.train's (``ftlab.loss.forward_loss``: the output layer only
     where a label exists)."""
-    from ftlab.loss import forward_loss
+    from ftlab.training.loss import forward_loss
 
     phases = []
     if next(model.parameters()).device.type == "cuda":
@@ -262,7 +262,7 @@ def accelerate_training_bytes(model) -> int:
 
 
 def estimate_for(cfg: Config, device: str, trained_tokens: int | None = None):
-    from ftlab.memory import get_architecture
+    from ftlab.memory.estimator import get_architecture
     from ftlab.models import smollm2_dir
 
     arch = get_architecture("tiny" if cfg.model == TINY else str(smollm2_dir()))

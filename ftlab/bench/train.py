@@ -42,7 +42,7 @@ from functools import partial
 
 import torch
 
-from ftlab.loss import count_trained_tokens
+from ftlab.training.loss import count_trained_tokens
 
 TARGETS = {"vs_trainer": 1.0, "pack_vs_pad": 1.5, "full_ft_of_roofline": 0.80}
 
@@ -52,9 +52,9 @@ TARGETS = {"vs_trainer": 1.0, "pack_vs_pad": 1.5, "full_ft_of_roofline": 0.80}
 
 def course_examples(tokenizer, n: int, max_length: int) -> list[dict]:
     """The first ``n`` course instruction examples, tokenised (assistant tokens trained)."""
-    from ftlab.course_data import course_data_path
-    from ftlab.data import load_records
-    from ftlab.templates import tokenize_dataset
+    from ftlab.data.course import course_data_path
+    from ftlab.data.records import load_records
+    from ftlab.data.templates import tokenize_dataset
 
     records = load_records(course_data_path("instructions", "train"))[:n]
     return tokenize_dataset(records, tokenizer, max_length=max_length, verbose=False)
@@ -83,9 +83,9 @@ def _sync(device):
 
 def run_ftlab(args, tokenizer, examples, batching: str, batch_size: int, shuffle: bool, method: str | None = None) -> dict:
     """ftlab.train on a fresh model; returns its throughput after warm-up."""
-    from ftlab.batching import make_batches
+    from ftlab.data.batching import make_batches
     from ftlab.models import load_model
-    from ftlab.training import TrainConfig, train
+    from ftlab.training.loop import TrainConfig, train
 
     steps = args.warmup + args.steps
     # The batches the loop will see: BatchStream's first epoch is exactly this call.
@@ -119,8 +119,8 @@ def run_trainer(args, tokenizer, examples, batch_size: int) -> dict:
     """transformers' Trainer with the same model, data order, optimizer, schedule, clipping and precision."""
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
-    from ftlab.batching import collate, make_batches
-    from ftlab.methods import prepare_model
+    from ftlab.data.batching import collate, make_batches
+    from ftlab.training.methods import prepare_model
     from ftlab.models import load_model
 
     steps = args.warmup + args.steps
@@ -182,7 +182,7 @@ def measure_matmul_flops(device, dtype, shapes, min_seconds: float = 0.4) -> dic
 
 def compute_params(model) -> int:
     """Weights that take part in a matmul: all, minus the input embedding unless it is tied to the output layer."""
-    from ftlab.methods import count_parameters
+    from ftlab.training.methods import count_parameters
 
     total = count_parameters(model)[1]
     embedding = model.get_input_embeddings().weight
@@ -215,7 +215,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> dict:
-    from ftlab.methods import count_parameters
+    from ftlab.training.methods import count_parameters
     from ftlab.models import load_model, pick_device
 
     args = parse_args(argv)

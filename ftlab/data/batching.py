@@ -338,10 +338,10 @@ def prepare_examples(data, tokenizer, max_length: int, train_on: str = "assistan
     """
     import os
 
-    from ftlab.templates import tokenize_dataset
+    from ftlab.data.templates import tokenize_dataset
 
     if isinstance(data, (str, os.PathLike)):
-        from ftlab.data import load_records
+        from ftlab.data.records import load_records
 
         data = load_records(data)
     data = list(data)[:limit]
@@ -354,7 +354,7 @@ def prepare_examples(data, tokenizer, max_length: int, train_on: str = "assistan
                                  f"{max_length}. Fix: raise max_length or tokenise with max_length.")
         return data
     if not all(isinstance(r, dict) and ("messages" in r or "text" in r) for r in data):
-        from ftlab.data import load_records  # raw records: convert (and validate) them all at once
+        from ftlab.data.records import load_records  # raw records: convert (and validate) them all at once
 
         data = load_records(data)
     return tokenize_dataset(data, tokenizer, max_length=max_length, train_on=train_on, verbose=True)

@@ -25,7 +25,7 @@ The test split uses instruction phrasings (and input formats) that never occur i
 so a good test score means the skill generalised, not that the wording was memorised.
 
 Example:
-    >>> from ftlab.course_data import load_course_data, score_example
+    >>> from ftlab.data.course import load_course_data, score_example
     >>> rows = load_course_data("instructions", "test", limit=2)
     >>> sorted(rows[0])
     ['input', 'instruction', 'output', 'task', 'template']
@@ -40,7 +40,7 @@ import random
 import re
 from pathlib import Path
 
-from ftlab.metrics import exact_match, json_field_accuracy, token_f1
+from ftlab.evaluate.metrics import exact_match, json_field_accuracy, token_f1
 
 TASKS = ("extract_json", "classify", "rewrite", "qa")
 LABELS = ("billing", "shipping", "technical", "account", "other")

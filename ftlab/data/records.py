@@ -841,7 +841,7 @@ def summarize_dataset(records, tokenizer=None, max_length=None, near_threshold=0
             tasks[str(r["task"])] += 1
     report = DataReport(len(records), formats, roles, tasks, turns, max_length=max_length, near_threshold=near_threshold)
     if tokenizer is not None:
-        from ftlab.templates import tokenize_dataset
+        from ftlab.data.templates import tokenize_dataset
 
         examples = tokenize_dataset(records, tokenizer, template=template, train_on=train_on, verbose=False)
         report.token_lengths = [len(e["input_ids"]) for e in examples]

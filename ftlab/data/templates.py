@@ -195,7 +195,7 @@ def mask_prompt_tokens(input_ids, trained_mask) -> list[int]:
 def _as_record(record):
     if isinstance(record, dict) and ("messages" in record or "text" in record):
         return record
-    from ftlab.data import load_records  # raw record in another format (instruction, prompt/completion, ...)
+    from ftlab.data.records import load_records  # raw record in another format (instruction, prompt/completion, ...)
 
     return load_records([record])[0]
 

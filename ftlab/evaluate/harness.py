@@ -20,8 +20,8 @@ The loop is the one every fine-tuning project needs, written out so you can read
 
 Example:
     >>> from ftlab import load_model
-    >>> from ftlab.course_data import load_course_data
-    >>> from ftlab.evaluate import evaluate_model
+    >>> from ftlab.data.course import load_course_data
+    >>> from ftlab.evaluate.harness import evaluate_model
     >>> model, tok = load_model("smollm2-135m-instruct")                  # doctest: +SKIP
     >>> result = evaluate_model(model, tok, load_course_data("instructions", "test", limit=40))  # doctest: +SKIP
     >>> print(result.summary())                                           # doctest: +SKIP
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ftlab import metrics
+from ftlab.evaluate import metrics
 
 # ----------------------------------------------------------------------------------------
 # Generation
@@ -102,7 +102,7 @@ def generate_answers(model, tokenizer, prompts, *, max_new_tokens: int = 64, bat
     import torch
     from tqdm.auto import tqdm
 
-    from ftlab.templates import render_prompt
+    from ftlab.data.templates import render_prompt
 
     prompts = list(prompts)
     texts = [render_prompt(_as_messages(p, i), tokenizer, template) for i, p in enumerate(prompts)]
@@ -242,7 +242,7 @@ def score_answers(predictions, references, tasks=None, metric=None) -> tuple[lis
     ``ftlab.course_data.score_example``, and any other example with ``token_f1``. The names
     returned say which rule scored which example.
     """
-    from ftlab.course_data import TASKS, score_example
+    from ftlab.data.course import TASKS, score_example
 
     predictions, references = list(predictions), list(references)
     tasks = list(tasks) if tasks is not None else [None] * len(predictions)
@@ -274,7 +274,7 @@ def prepare_records(records) -> list[dict]:
     ``task`` (for multi-turn chat records, the task of the last turn), ``question`` (the last
     user message) and ``source``. Bad records raise ``ftlab.data.DataValidationError``
     naming the record and field."""
-    from ftlab.data import load_records
+    from ftlab.data.records import load_records
 
     items = []
     for record in load_records(list(records), verbose=False):
@@ -444,7 +444,7 @@ def probe_accuracy(model, tokenizer, probes=None, *, name: str = "model", max_ne
     SmolLM2-135M-Instruct answers correctly -- so its base accuracy is 1.0 and any drop after
     fine-tuning is forgetting.
     """
-    from ftlab.course_data import load_course_data, score_probe
+    from ftlab.data.course import load_course_data, score_probe
 
     start = time.perf_counter()
     probes = list(load_course_data("probes") if probes is None else probes)
@@ -555,7 +555,7 @@ def compare_models(models: dict, records, *, probes=None, probe_max_new_tokens: 
             raise TypeError(f"compare_models: models[{key!r}] must be a (model, tokenizer) pair")
     records = list(records)
     if probes is True:
-        from ftlab.course_data import load_course_data
+        from ftlab.data.course import load_course_data
 
         probes = load_course_data("probes")
     results, probe_results = {}, {}

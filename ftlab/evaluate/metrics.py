@@ -5,7 +5,7 @@ against the implementation people cite (SQuAD's evaluation script, ``rouge-score
 ``sacrebleu``, the perplexity recipe in the transformers docs).
 
 Example:
-    >>> from ftlab.metrics import exact_match, token_f1
+    >>> from ftlab.evaluate.metrics import exact_match, token_f1
     >>> exact_match("The Eiffel Tower!", "eiffel tower")
     1.0
     >>> token_f1("in Paris, France", "Paris")   # precision 1/3, recall 1

@@ -17,7 +17,7 @@ In a notebook:
     ❌ memory.weights_gib: 14 is not right (expected about 13.04).
        Hint: that is GB (10^9 bytes); the question asks for GiB (2^30 bytes).
     False
-    >>> from ftlab.exercises import solution
+    >>> from ftlab.exercises.checkers import solution
     >>> solution("memory.weights_gib")                                      # doctest: +SKIP
 
 Adding an exercise (notebook authors: put it in the section of your notebook below)::
@@ -782,7 +782,7 @@ def _smollm2_tokenizer():
 
 
 def _date_record_counts():
-    from ftlab.templates import tokenize_example
+    from ftlab.data.templates import tokenize_example
 
     tok = _smollm2_tokenizer()
     ex = tokenize_example(_DATE_RECORD, tok)
@@ -803,7 +803,7 @@ def _date_record_counts():
     explanation="Only the answer and its end-of-turn token are trained; system prompt, question and markup are masked.",
 )
 def _trained_tokens():
-    from ftlab.templates import tokenize_example
+    from ftlab.data.templates import tokenize_example
 
     tok = _smollm2_tokenizer()  # SmolLM2's tokenizer, as ftlab.load_tokenizer("tiny") returns it
     example = tokenize_example(_DATE_RECORD, tok)
@@ -939,7 +939,7 @@ def _double_quant_bits():
 
 
 def _eot_cases():
-    from ftlab.templates import tokenize_example
+    from ftlab.data.templates import tokenize_example
 
     tok = _smollm2_tokenizer()
     records = [

@@ -21,7 +21,7 @@ The peak is the largest of these moments, and :class:`MemoryEstimate` says which
 ``torch.distributed._tools.mem_tracker.MemTracker`` (CPU) or ``torch.cuda.max_memory_allocated``.
 
 Example:
-    >>> from ftlab.memory import estimate_memory
+    >>> from ftlab.memory.estimator import estimate_memory
     >>> est = estimate_memory("smollm2-135m", method="lora", batch_size=8, seq_len=256, device="cpu")
     >>> est.peak_phase
     'backward: start (loss gradient)'

@@ -9,7 +9,7 @@ The panel's logic lives in :meth:`MemoryExplorer.update`, a plain method, so a n
 test) can drive it and assert on the result without a browser.
 
 Example:
-    >>> from ftlab.memory_viz import MemoryExplorer
+    >>> from ftlab.memory.viz import MemoryExplorer
     >>> ex = MemoryExplorer(model="smollm2-135m", device="cpu-16gb")
     >>> state = ex.update(method="lora", batch_size=8, seq_len=256)
     >>> state.fits
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ftlab.memory import ARCHITECTURES, GiB, HARDWARE, MemoryEstimate, _fmt, estimate_memory
+from ftlab.memory.estimator import ARCHITECTURES, GiB, HARDWARE, MemoryEstimate, _fmt, estimate_memory
 
 # One colour per category, in stacking order (persistent at the bottom, transient on top).
 CATEGORY_COLORS = {

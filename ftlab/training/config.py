@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from ftlab.batching import STRATEGIES
-from ftlab.methods import METHODS
-from ftlab.optim import OPTIMIZERS, SCHEDULES
-from ftlab.tracking import LOG_TARGETS
+from ftlab.data.batching import STRATEGIES
+from ftlab.training.methods import METHODS
+from ftlab.training.optim import OPTIMIZERS, SCHEDULES
+from ftlab.training.tracking import LOG_TARGETS
 
 
 @dataclass

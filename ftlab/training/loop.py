@@ -45,13 +45,13 @@ from pathlib import Path
 
 import torch
 
-from ftlab import checkpoint as ckpt
-from ftlab.batching import BatchStream, make_batches, prepare_examples
-from ftlab.loss import (accepts_logits_mask, causal_lm_loss, count_trained_tokens,  # noqa: F401 (causal_lm_loss:
+from ftlab.training import checkpoint as ckpt
+from ftlab.data.batching import BatchStream, make_batches, prepare_examples
+from ftlab.training.loss import (accepts_logits_mask, causal_lm_loss, count_trained_tokens,  # noqa: F401 (causal_lm_loss:
                         evaluate_loss, forward_loss)                                   # re-exported, older imports)
-from ftlab.methods import is_peft_model, is_quantized
-from ftlab.tracking import RunLogger, format_postfix, progress_bar
-from ftlab.train_config import TrainConfig, TrainResult  # noqa: F401  (both are part of this module's API)
+from ftlab.training.methods import is_peft_model, is_quantized
+from ftlab.training.tracking import RunLogger, format_postfix, progress_bar
+from ftlab.training.config import TrainConfig, TrainResult  # noqa: F401  (both are part of this module's API)
 
 
 
@@ -136,8 +136,8 @@ def train(model, tokenizer, train_data, eval_data=None, config: TrainConfig | No
     """
     from accelerate.utils import set_seed
 
-    from ftlab.methods import count_parameters, merge_and_save, prepare_model, save_adapter
-    from ftlab.optim import build_optimizer, build_scheduler
+    from ftlab.training.methods import count_parameters, merge_and_save, prepare_model, save_adapter
+    from ftlab.training.optim import build_optimizer, build_scheduler
 
     config = config or TrainConfig()
     if overrides:

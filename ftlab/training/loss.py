@@ -27,8 +27,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ftlab.batching import model_inputs
-from ftlab.methods import is_peft_model
+from ftlab.data.batching import model_inputs
+from ftlab.training.methods import is_peft_model
 
 IGNORE_INDEX = -100
 

@@ -1,0 +1,33 @@
+"""Lazy exports: how ``ftlab`` and its subpackages offer every public name without importing torch up front.
+
+Each package lists ``{public name: submodule}``. The first time a name is used, its submodule is
+imported and the value cached on the package, so ``import ftlab`` stays instant in a notebook and
+``from ftlab.training import train`` still works like any import.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+
+def lazy_exports(package: str, exports: dict[str, str]):
+    """Return ``(__getattr__, __dir__, __all__)`` for a package whose names live in ``exports``."""
+
+    def __getattr__(name):
+        module = exports.get(name)
+        if module is not None:
+            value = getattr(importlib.import_module(f"{package}.{module}"), name)
+        else:
+            try:  # a submodule: ``ftlab.evaluate.metrics`` before anyone imported it
+                value = importlib.import_module(f"{package}.{name}")
+            except ModuleNotFoundError as e:
+                if e.name != f"{package}.{name}":
+                    raise
+                raise AttributeError(f"module {package!r} has no attribute {name!r}") from None
+        importlib.import_module(package).__dict__[name] = value
+        return value
+
+    def __dir__():
+        return sorted(set(exports) | set(importlib.import_module(package).__dict__))
+
+    return __getattr__, __dir__, sorted(exports)
