@@ -60,7 +60,7 @@ DATASETS = {
 
 def data_dir() -> Path:
     """The repository's ``data/`` folder (next to the ``ftlab`` package)."""
-    return Path(__file__).resolve().parent.parent / "data"
+    return Path(__file__).resolve().parents[2] / "data"
 
 
 def course_data_path(name: str, split: str | None = None) -> Path:

@@ -7,9 +7,9 @@ from ftlab._lazy import lazy_exports
 _EXPORTS = {
     "SOLUTIONS_ENV": "checkers", "Number": "checkers", "Function": "checkers", "Choice": "checkers",
     "Text": "checkers", "Exercise": "checkers", "EXERCISES": "checkers", "exercise": "checkers",
-    "solutions_enabled": "checkers", "answer_or_solution": "checkers", "check": "checkers",
-    "solution_source": "checkers", "solution": "checkers", "list_exercises": "checkers",
-    "Mapping": "checkers",
+    "load_all": "checkers", "solutions_enabled": "checkers", "answer_or_solution": "checkers",
+    "check": "checkers", "solution_source": "checkers", "solution": "checkers",
+    "list_exercises": "checkers", "Mapping": "checkers",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -1,0 +1,76 @@
+"""Exercises of notebook 05: instruction tuning — the end-of-turn label, a model that never stops.
+
+Each entry is a worked solution (the decorated function's body), a checker, and the typical mistakes
+with their hints; ``ftlab/exercises/checkers.py`` says how answers are compared.
+"""
+
+from __future__ import annotations
+
+
+from ftlab.exercises.checkers import Choice, Function, exercise
+
+
+# =========================================================================== notebook 05 (helper N4)
+# Exercises of 05_instruction_tuning: the end-of-turn label, and diagnosing a model that never stops.
+
+
+def _eot_cases():
+    from ftlab.data.templates import tokenize_example
+
+    tok = _smollm2_tokenizer()
+    records = [
+        _DATE_RECORD,
+        {"messages": [{"role": "system", "content": "Answer with one word."},
+                      {"role": "user", "content": "Category of: 'my card was charged twice'?"},
+                      {"role": "assistant", "content": "billing"},
+                      {"role": "user", "content": "And: 'the parcel never arrived'?"},
+                      {"role": "assistant", "content": "shipping"}]},
+    ]
+    cases = []
+    for record in records:
+        ex = tokenize_example(record, tok)
+        cases.append((ex["input_ids"], ex["labels"], tok.convert_tokens_to_ids("<|im_end|>")))
+    return cases
+
+
+@exercise(
+    "templates.mask_end_of_turn", Function(_eot_cases, rtol=0, atol=0),
+    question="Write mask_end_of_turn(input_ids, labels, end_id): return a copy of labels in which every trained "
+             "end-of-turn token (label == end_id) gets the label -100; everything else unchanged.",
+    mistakes=[
+        (lambda: (lambda input_ids, labels, end_id: [l for l in labels if l != end_id]),
+         "Don't delete the token: labels must stay aligned with input_ids, one label per token. Set it to -100."),
+        (lambda: (lambda input_ids, labels, end_id: [-100 if t == end_id else t for t in input_ids]),
+         "You rebuilt the labels from input_ids, so every masked prompt token became trained again. Start from labels."),
+        (lambda: (lambda input_ids, labels, end_id: labels[:max(i for i, l in enumerate(labels) if l == end_id)]
+                  + [-100] + labels[max(i for i, l in enumerate(labels) if l == end_id) + 1:]),
+         "Only the last turn's end token is masked; a multi-turn conversation has one per assistant turn."),
+    ],
+    explanation="Without a trained end-of-turn token the model is never taught where an answer ends.",
+)
+def _mask_end_of_turn():
+    def mask_end_of_turn(input_ids, labels, end_id):
+        # labels are not shifted: position i's label is the token at position i (or -100)
+        return [-100 if label == end_id else label for label in labels]
+
+    return mask_end_of_turn
+
+
+@exercise(
+    "instruct.never_stops", Choice({
+        "a": "the learning rate was too high",
+        "b": "the end-of-turn token's label was -100 (e.g. pad token = eos token, and padding masked by id)",
+        "c": "the training data had no system prompt",
+        "d": "LoRA rank too small to learn the format",
+    }),
+    question="After fine-tuning, the model writes the right answer and then keeps going ('### Instruction: ...') "
+             "until max_new_tokens. Which cause is the most likely?",
+    mistakes=[
+        (lambda: "a", "A too-high learning rate shows as a loss spike or gibberish, not as a right answer that never ends."),
+        (lambda: "c", "A system prompt steers the style; it is not what tells the model where its answer ends."),
+        (lambda: "d", "The answers are right, so the adapter learned the task; what it never saw is a trained stop token."),
+    ],
+    explanation="The model only learns to emit the end-of-turn token if that token is a trained label.",
+)
+def _never_stops():
+    return "b"  # masking the end-of-turn label (a classic when pad == eos) removes the only 'stop here' signal
