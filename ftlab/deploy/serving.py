@@ -71,13 +71,16 @@ class ModelServer:
             running batch at every step, instead of waiting for each other.
         device, dtype: where and how the server loads the model (``cpu``/``float32`` on a laptop).
         startup_timeout: seconds to wait for ``/health`` before giving up (and killing the process).
-        log_path: the server's stdout/stderr (default: a file in a ``runs/`` folder next to the model).
+        log_path: the server's stdout/stderr (default: a file next to the model folder).
+        threads: torch CPU threads of the server (``OMP_NUM_THREADS``); None keeps torch's default. On a
+            CPU shared with other work, 1 thread avoids threads spinning while they wait for each other.
     """
 
     def __init__(self, model_dir, *, port: int | None = None, host: str = "127.0.0.1",
                  continuous_batching: bool = False, device: str = "cpu", dtype: str = "float32",
                  startup_timeout: float = 180.0, log_path=None, strict_port: bool = False,
-                 cb_num_blocks: int | None = CPU_CB_NUM_BLOCKS, cb_max_batch_tokens: int | None = CPU_CB_MAX_BATCH_TOKENS):
+                 cb_num_blocks: int | None = CPU_CB_NUM_BLOCKS, cb_max_batch_tokens: int | None = CPU_CB_MAX_BATCH_TOKENS,
+                 threads: int | None = None):
         if host not in LOCALHOST:
             raise ValueError(
                 f"ModelServer: host {host!r} would expose a server without authentication. ftlab binds 127.0.0.1 only; "
@@ -92,7 +95,7 @@ class ModelServer:
         self.host, self.requested_port, self.strict_port = "127.0.0.1", port, strict_port
         self.continuous_batching, self.device, self.dtype = continuous_batching, device, dtype
         self.cb_num_blocks, self.cb_max_batch_tokens = cb_num_blocks, cb_max_batch_tokens
-        self.startup_timeout = startup_timeout
+        self.startup_timeout, self.threads = startup_timeout, threads
         self.log_path = Path(log_path) if log_path else self.model_dir.parent / f"serve-{self.model_dir.name}.log"
         self.port: int | None = None
         self.process: subprocess.Popen | None = None
@@ -152,6 +155,8 @@ class ModelServer:
             env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
                    "PYTHONPATH": os.pathsep.join(p for p in [str(Path(__file__).resolve().parents[2]),
                                                             os.environ.get("PYTHONPATH", "")] if p)}
+            if self.threads:
+                env["OMP_NUM_THREADS"] = str(self.threads)
             start = time.perf_counter()
             with open(self.log_path, "w") as log:
                 self.process = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -287,6 +292,10 @@ def chat_completion(client, model: str, prompt, *, system: str | None = None, ma
     except (openai.APIConnectionError, openai.APITimeoutError, ServerError) as e:
         where = ""
         if server is not None:
+            try:  # a crash is seen by the client a moment before the process is reaped
+                server.process.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                pass
             state = "running" if server.alive else f"exited with code {server.process.returncode}"
             where = f" Server process: {state}. Log tail:\n{server.log_tail(8)}"
         raise ServerError(f"chat_completion: no complete answer from {getattr(client, 'base_url', '?')} "
