@@ -8,13 +8,18 @@ there as an HTTP 500 (a ``KeyError``/``TypeError``). A client error should be a 
 wrong, so the guard answers those with 400 and a message before any model code runs. Everything
 else (bad JSON, unknown fields, a wrong model name) transformers already answers with 4xx itself.
 
-It also skips the CLI's update check, which would try to reach PyPI.
+It also skips the CLI's update check, which would try to reach PyPI, and exits when the process
+that started it is gone (``FTLAB_PARENT_PID``): a notebook kernel that is killed, not shut down,
+leaves no server behind.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import threading
+import time
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
 
@@ -72,9 +77,22 @@ def _install_guard() -> None:
     server.build_server = build_guarded_server
 
 
+def _exit_with_parent(parent_pid: int, every_s: float = 1.0) -> None:
+    """Exit this server as soon as ``parent_pid`` is no longer our parent (it died; we were re-parented)."""
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(every_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="ftlab-parent-watch").start()
+
+
 def main(argv=None) -> None:
     from transformers.cli.transformers import app
 
+    if os.environ.get("FTLAB_PARENT_PID", "").isdigit():
+        _exit_with_parent(int(os.environ["FTLAB_PARENT_PID"]))
     _install_guard()
     sys.argv = ["transformers", "serve", *(sys.argv[1:] if argv is None else argv)]
     app()

@@ -83,14 +83,16 @@ def compare_logits(reference, candidate, tokenizer, prompts, system=None) -> dic
 
 
 def quantization_table(model, tokenizer, folder, gguf_types, records, *, prompts=None, max_new_tokens: int = 48,
-                       batch_size: int = 8, reference_result=None, progress: bool = False) -> list[dict]:
+                       batch_size: int = 8, reference_result=None, loaded=None, progress: bool = False) -> list[dict]:
     """Export ``model`` once per type, load each file back with transformers, and measure it.
 
     One row per type: ``type``, ``bytes``, ``bits_per_weight``, ``max_abs_diff`` and
     ``top1_agreement`` of the logits against ``model`` on ``prompts`` (default: the records'
     questions), the task ``score`` on ``records`` with its ``ci``, and ``delta`` (paired difference
     to ``model`` with its ``delta_ci``). ``reference_result``: the merged model's ``EvalResult`` on the
-    same records, if already computed. The first row is the merged model itself (``type='merged'``).
+    same records, if already computed. ``loaded``: ``{type: (path, model)}`` of files already exported
+    and loaded (skips writing and loading them again). The first row is the merged model itself
+    (``type='merged'``).
     """
     from ftlab.evaluate import evaluate_model, paired_difference, prepare_records
 
@@ -106,16 +108,19 @@ def quantization_table(model, tokenizer, folder, gguf_types, records, *, prompts
              "seconds": ref.seconds, "result": ref}]
     for gguf_type in gguf_types:
         start = time.perf_counter()
-        path = export_gguf(model, folder / f"model-{gguf_type.lower()}.gguf", gguf_type, tokenizer=tokenizer)
-        loaded, _ = load_gguf(path, with_tokenizer=False)
-        logits = compare_logits(model, loaded, tokenizer, prompts)
-        res = evaluate_model(loaded, tokenizer, records, name=gguf_type, **eval_kwargs)
+        if loaded and gguf_type in loaded:
+            path, candidate = loaded[gguf_type]
+        else:
+            path = export_gguf(model, folder / f"model-{gguf_type.lower()}.gguf", gguf_type, tokenizer=tokenizer)
+            candidate, _ = load_gguf(path, with_tokenizer=False)
+        logits = compare_logits(model, candidate, tokenizer, prompts)
+        res = evaluate_model(candidate, tokenizer, records, name=gguf_type, **eval_kwargs)
         pair = paired_difference(ref.scores, res.scores)
         rows.append({"type": gguf_type, "bytes": path.stat().st_size, "bits_per_weight": BITS_PER_WEIGHT[gguf_type],
                      "max_abs_diff": logits["max_abs_diff"], "top1_agreement": logits["top1_agreement"],
                      "score": res.score, "ci": res.ci, "delta": pair["diff"], "delta_ci": pair["ci"],
                      "seconds": time.perf_counter() - start, "result": res})
-        del loaded
+        del candidate
     return rows
 
 

@@ -153,6 +153,7 @@ class ModelServer:
             self.port = self._pick_port()
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+                   "FTLAB_PARENT_PID": str(os.getpid()),  # the server exits if we die without stopping it
                    "PYTHONPATH": os.pathsep.join(p for p in [str(Path(__file__).resolve().parents[2]),
                                                             os.environ.get("PYTHONPATH", "")] if p)}
             if self.threads:
