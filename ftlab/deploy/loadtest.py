@@ -27,6 +27,10 @@ import numpy as np
 
 from ftlab.deploy.serving import ServerError, chat_completion
 
+# A queued request may wait for every request ahead of it (no batching, 8 clients, a slow CPU):
+# generous, but bounded, so a dead server still ends the test.
+REQUEST_TIMEOUT_S = 600.0
+
 
 def percentile(values, q: float) -> float:
     """The ``q``-th percentile with linear interpolation between order statistics (numpy's default).
@@ -42,7 +46,7 @@ def percentile(values, q: float) -> float:
 
 
 def _client_loop(server, prompts, start_index, deadline, max_tokens, system, out, lock):
-    client = server.client(timeout=max(60.0, deadline - time.perf_counter() + 120))
+    client = server.client(timeout=REQUEST_TIMEOUT_S)
     i = start_index
     while time.perf_counter() < deadline:
         prompt = prompts[i % len(prompts)]
@@ -74,9 +78,9 @@ def run_load(server, prompts, *, concurrency: int, seconds: float, max_tokens: i
     for t in threads:
         t.start()
     for t in threads:  # every request has its own timeout, so this join is bounded too
-        t.join(timeout=seconds + 600)
+        t.join(timeout=seconds + REQUEST_TIMEOUT_S + 60)
     if any(t.is_alive() for t in threads):
-        raise ServerError(f"run_load: a client did not finish within {seconds + 600:.0f} s")
+        raise ServerError(f"run_load: a client did not finish within {seconds + REQUEST_TIMEOUT_S + 60:.0f} s")
     return summarize(results, concurrency, time.perf_counter() - start)
 
 

@@ -52,13 +52,13 @@ def quantization_section(rows) -> str:
 
 
 def forgetting_section(forgetting) -> str:
-    """``forgetting``: ``{"before", "after", "diff", "ci"}`` probe accuracies (e.g. from ``forgetting_report``)."""
+    """``forgetting``: ``{"before", "after", "change", "change_ci"}`` probe accuracies (``forgetting_report``'s keys)."""
     if not forgetting:
         return NOT_MEASURED
     line = (f"General-knowledge probe accuracy: {_fmt(forgetting.get('before'))} before fine-tuning, "
             f"{_fmt(forgetting.get('after'))} after")
-    if forgetting.get("diff") is not None:
-        line += f" (change {forgetting['diff']:+.3f}, 95% CI {_ci(forgetting.get('ci'))})"
+    if forgetting.get("change") is not None:
+        line += f" (change {forgetting['change']:+.3f}, 95% CI {_ci(forgetting.get('change_ci'))})"
     return line + "."
 
 
