@@ -16,7 +16,7 @@ _EXPORTS = {
     "save_checkpoint": "checkpoint", "prune_checkpoints": "checkpoint",
     "load_checkpoint": "checkpoint", "StopOnInterrupt": "checkpoint",
     "TrainConfig": "config", "TrainResult": "config",
-    "TrainingDiverged": "loop", "train": "loop",
+    "TrainingDiverged": "loop", "train": "loop", "train_step": "loop", "Run": "loop", "RunState": "loop",
     "IGNORE_INDEX": "loss", "causal_lm_loss": "loss", "next_token_targets": "loss",
     "count_trained_tokens": "loss", "accepts_logits_mask": "loss", "forward_loss": "loss",
     "evaluate_loss": "loss",
