@@ -83,7 +83,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     from ftlab import TrainConfig, load_model, train
     from ftlab.data.course import SYSTEM_PROMPT, TASKS, load_course_data, mix_replay
-    from ftlab.evaluate.harness import comparison_from_results, evaluate_model, forgetting_report, probe_accuracy
+    from ftlab.evaluate import comparison_from_results, evaluate_model, forgetting_report, probe_accuracy
 
     t_start = time.perf_counter()
     phases = {}
