@@ -13,12 +13,10 @@ _EXPORTS = {
     "evaluate_model": "harness",
     "JUDGE_RUBRIC": "judge", "LLMJudge": "judge",
     "normalize_answer": "metrics", "exact_match": "metrics", "token_f1": "metrics",
-    "is_valid_json": "metrics", "json_field_accuracy": "metrics",
-    "classification_scores": "metrics", "rouge_tokenize": "metrics", "rouge_scores": "metrics",
-    "rouge": "metrics", "SACREBLEU_VERSION": "metrics", "tokenize_13a": "metrics",
-    "BLEUResult": "metrics", "bleu": "metrics", "CHRFResult": "metrics", "chrf": "metrics",
-    "distinct_n": "metrics", "repetition_rate": "metrics", "load_embedding_model": "metrics",
-    "semantic_similarity": "metrics", "mean_token_accuracy": "metrics", "perplexity": "metrics",
+    "is_valid_json": "metrics", "json_field_accuracy": "metrics", "classification_scores": "metrics",
+    "rouge": "metrics", "bleu": "metrics", "chrf": "metrics", "distinct_n": "metrics",
+    "repetition_rate": "metrics", "semantic_similarity": "metrics", "mean_token_accuracy": "metrics",
+    "perplexity": "metrics",
     "bootstrap_ci": "stats", "paired_difference": "stats",
 }
 
