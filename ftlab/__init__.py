@@ -29,7 +29,7 @@ _EXPORTS = {
     "collate": "data.batching", "make_batches": "data.batching", "padding_waste": "data.batching",
     "pack_examples": "data.batching",
     "load_course_data": "data.course", "score_example": "data.course",
-    "prepare_model": "training.methods", "count_parameters": "training.methods",
+    "prepare_model": "training.methods", "count_parameters": "training.parameters",
     "TrainConfig": "training.config", "TrainResult": "training.config", "train": "training.loop",
     "estimate_memory": "memory.estimator", "estimate_inference_memory": "memory.estimator",
     "HARDWARE": "memory.estimator",
