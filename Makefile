@@ -50,6 +50,7 @@ bench: setup model
 	$(PY) -m ftlab.bench.train
 	$(PY) -m ftlab.bench.memory
 	$(PY) -m ftlab.bench.quality
+	$(PY) -m ftlab.bench.serve
 
 clean-model:
 	$(PY) -m ftlab prefetch --force
