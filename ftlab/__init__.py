@@ -35,9 +35,9 @@ _EXPORTS = {
     "HARDWARE": "memory.estimator",
     "evaluate_model": "evaluate.harness", "compare_models": "evaluate.harness",
     "bootstrap_ci": "evaluate.harness",
-    "check": "exercises.checkers",
+    "check": "exercises.answers",
     "quiet": "widgets",
-    "doctor": "system",
+    "doctor": "system", "setup_check": "system",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

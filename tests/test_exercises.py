@@ -104,7 +104,61 @@ def test_solutions_flag_checks_the_worked_solution(monkeypatch, capsys):
     fn = answer_or_solution("optim.cosine_with_floor_fn", None)
     assert fn(1000) == pytest.approx(3e-5)
     monkeypatch.setenv(exercises.SOLUTIONS_ENV, "0")
-    assert answer_or_solution("optim.cosine_with_floor_fn", "mine") == "mine"
+    mine = lambda step: 0.0  # noqa: E731  a wrong answer, but an answer: it is used
+    assert answer_or_solution("optim.cosine_with_floor_fn", mine) is mine
+
+
+# --------------------------------------------------------------------------- Run All without answers
+
+
+def _blank(step):
+    ...  # ✏️ your code
+
+
+def _blank_with_docstring(step):
+    """A learner's placeholder that kept the docstring."""
+    pass
+
+
+def test_placeholders_are_recognised():
+    from ftlab.exercises import is_unanswered
+
+    assert is_unanswered(...) and is_unanswered(None)
+    assert is_unanswered(_blank) and is_unanswered(_blank_with_docstring)
+    assert not is_unanswered(0) and not is_unanswered("")  # a (wrong) answer, not a placeholder
+    assert not is_unanswered(lambda step: step) and not is_unanswered(lambda step: 0.0)
+
+
+def test_unanswered_exercise_hands_on_the_reference_and_says_so(capsys):
+    fn = answer_or_solution("optim.cosine_with_floor_fn", _blank)
+    assert fn is not _blank and fn(1000) == pytest.approx(3e-5)  # the worked solution's function
+    out = capsys.readouterr().out
+    assert "optim.cosine_with_floor_fn: not answered yet" in out and "reference answer is used below" in out
+    assert answer_or_solution("loss.perplexity", ...) == pytest.approx(math.exp(2.0))
+    assert check("optim.cosine_with_floor_fn", _blank) is False  # the checker says "not answered", no ❌
+    out = capsys.readouterr().out
+    assert "not answered yet" in out and "❌" not in out
+
+
+def test_answered_exercise_keeps_the_learners_answer_right_or_wrong(capsys):
+    assert answer_or_solution("loss.perplexity", 3.0) == 3.0        # wrong, but the learner's
+    right = EXERCISES["optim.cosine_with_floor_fn"].solution()
+    assert answer_or_solution("optim.cosine_with_floor_fn", right) is right
+    wrong = lambda step: 3e-4  # noqa: E731  runs, gives wrong numbers: the lesson shows the consequences
+    assert answer_or_solution("optim.cosine_with_floor_fn", wrong) is wrong
+    assert capsys.readouterr().out == ""  # nothing to say about an answer that can be used
+
+
+@pytest.mark.parametrize("broken, why", [
+    (lambda step: 1 / 0, "raised ZeroDivisionError"),
+    (lambda step: None if step > 10 else 1.0, "returned None"),
+    (42, "is not a function"),
+])
+def test_a_function_answer_that_crashes_is_replaced_so_later_cells_run(broken, why, capsys):
+    fn = answer_or_solution("optim.cosine_with_floor_fn", broken)
+    assert fn(1000) == pytest.approx(3e-5)
+    out = capsys.readouterr().out
+    assert why in out and "reference answer is used below" in out
 
 
 def test_a_broken_exercise_fails_ci(monkeypatch):
