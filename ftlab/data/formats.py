@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 
+from ftlab.data import oasst
 from ftlab.data.validate import ROLES, Problem, _Loc
 
-FORMATS = ("instruction", "prompt_completion", "chat", "sharegpt", "text")
+FORMATS = ("instruction", "dolly", "prompt_completion", "flan", "chat", "sharegpt", "oasst", "chatml", "text")
 # ShareGPT dumps use many speaker names; these are the ones we accept.
 SHAREGPT_ROLES = {
     "system": "system",
@@ -28,9 +29,17 @@ SHAREGPT_ROLES = {
 def detect_format(record) -> str | None:
     """The format of one raw record from its keys (None if none fits).
 
+    The public instruction datasets are recognised in the layout they are distributed in:
+    Alpaca (``instruction``/``input``/``output``) -> ``instruction``; Dolly (``instruction``/
+    ``context``/``response``/``category``) -> ``dolly``; FLAN (``inputs``/``targets``) -> ``flan``;
+    ShareGPT (``conversations`` of ``from``/``value``) -> ``sharegpt``; OpenAssistant message rows
+    and trees -> ``oasst``, and its ``oasst_top1`` ChatML text -> ``chatml`` (see ``ftlab.data.oasst``).
+
     Example:
         >>> detect_format({"instruction": "Say hi", "output": "hi"})
         'instruction'
+        >>> detect_format({"instruction": "Say hi", "context": "", "response": "hi", "category": "open_qa"})
+        'dolly'
     """
     if not isinstance(record, dict):
         return None
@@ -39,22 +48,35 @@ def detect_format(record) -> str | None:
         return "chat"
     if "conversations" in keys:
         return "sharegpt"
+    if oasst.is_tree(record) or oasst.is_message_row(record):
+        return "oasst"
+    if "instruction" in keys and "response" in keys and "output" not in keys:
+        return "dolly"
     if "instruction" in keys or ("output" in keys and "input" in keys):
         return "instruction"
+    if "inputs" in keys and "targets" in keys:
+        return "flan"
     if "prompt" in keys or "completion" in keys:
         return "prompt_completion"
     if "text" in keys:
-        return "text"
+        return "chatml" if oasst.is_chatml(record["text"]) else "text"
     return None
 
 
 _FIELDS = {  # the fields each format consumes (everything else is carried along)
     "instruction": ("instruction", "input", "output", "system"),
+    "dolly": ("instruction", "context", "response", "system"),
     "prompt_completion": ("prompt", "completion", "system"),
+    "flan": ("inputs", "targets", "system"),
     "chat": ("messages",),
     "sharegpt": ("conversations", "system"),
+    "oasst": ("prompt",),
+    "chatml": ("text",),
     "text": ("text",),
 }
+# Instruction-like layouts: (the task, an optional input appended to it, the answer).
+_TRIPLES = {"instruction": ("instruction", "input", "output"), "dolly": ("instruction", "context", "response"),
+            "flan": ("inputs", None, "targets")}
 
 
 def _visible_keys(obj):
@@ -124,23 +146,34 @@ def _convert(raw, loc: _Loc, fmt: str, field_map: dict):
     for key in ("messages", "conversations", "prompt", "completion"):
         if key in obj:
             obj[key] = _maybe_json(obj[key])
-
+    rest = {k: v for k, v in obj.items() if k not in _FIELDS[fmt]}
     if fmt == "text":
         text = conv.string(obj, "text", what="document text")
-        rest = {k: v for k, v in obj.items() if k not in _FIELDS[fmt]}
         return ({"text": text, **rest, "_format": fmt} if text is not None else None), conv.problems
+    messages = _conversation(conv, obj, fmt)
+    if conv.problems or messages is None:
+        return None, conv.problems
+    return {"messages": messages, **rest, "_format": fmt}, conv.problems
 
+
+def _conversation(conv: _Converter, obj: dict, fmt: str) -> list[dict] | None:
+    """The messages of a conversation-shaped record (problems go to ``conv``)."""
+    if fmt == "oasst":
+        return oasst.convert_tree(conv, obj)
+    if fmt == "chatml":
+        text = conv.string(obj, "text", what="conversation")
+        return oasst.convert_chatml(conv, text) if text is not None else None
     # Instruction, prompt/completion and ShareGPT records may carry their system prompt in a field.
     system = conv.string(obj, "system", required=False, what="system prompt") if fmt != "chat" else None
     messages = [{"role": "system", "content": system}] if system and system.strip() else []
-
-    if fmt == "instruction":
-        instruction = conv.string(obj, "instruction", what="task description")
-        extra = conv.string(obj, "input", required=False, what="input")
-        output = conv.string(obj, "output", what="answer")
-        if instruction is not None and output is not None:
-            user = instruction + ("\n\n" + extra if extra and extra.strip() else "")
-            messages += [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+    if fmt in _TRIPLES:
+        task_key, input_key, answer_key = _TRIPLES[fmt]
+        task = conv.string(obj, task_key, what="task description")
+        extra = conv.string(obj, input_key, required=False, what="input") if input_key else None
+        answer = conv.string(obj, answer_key, what="answer")
+        if task is not None and answer is not None:
+            user = task + ("\n\n" + extra if extra and extra.strip() else "")
+            messages += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
     elif fmt == "prompt_completion":
         for key, role in (("prompt", "user"), ("completion", "assistant")):
             value = obj.get(key)
@@ -150,20 +183,15 @@ def _convert(raw, loc: _Loc, fmt: str, field_map: dict):
                 text = conv.string(obj, key, what="question" if role == "user" else "answer")
                 if text is not None:
                     messages.append({"role": role, "content": text})
-    elif fmt in ("chat", "sharegpt"):
+    else:  # chat, sharegpt
         key, role_key, text_key, role_map = (
             ("messages", "role", "content", None) if fmt == "chat" else ("conversations", "from", "value", SHAREGPT_ROLES))
         if key not in obj:
             conv.add(key, f"missing field (the record has {_visible_keys(obj)})",
                      f"add a '{key}' list, or choose the right format=... / field_map")
         else:
-            got = _messages_from_list(conv, obj[key], key, role_key, text_key, role_map)
-            if got is not None:
-                messages += got
-    if conv.problems:
-        return None, conv.problems
-    rest = {k: v for k, v in obj.items() if k not in _FIELDS[fmt]}
-    return {"messages": messages, **rest, "_format": fmt}, conv.problems
+            messages += _messages_from_list(conv, obj[key], key, role_key, text_key, role_map) or []
+    return messages
 
 
 def _messages_from_list(conv: _Converter, items, key, role_key, text_key, role_map):

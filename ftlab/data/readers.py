@@ -8,17 +8,25 @@ reported with their line number, not skipped). The records are not interpreted h
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 from pathlib import Path
 
 from ftlab.data.validate import _Loc
 
-FILE_TYPES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet")
+FILE_TYPES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet")  # text types also gzipped: .jsonl.gz
+
+
+def _open(path: Path, newline=None):
+    """A text file, or a gzipped one (datasets such as OpenAssistant's ship as .jsonl.gz)."""
+    if path.suffix.lower() == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", newline=newline)
+    return open(path, encoding="utf-8", newline=newline)
 
 
 def _read_jsonl(path: Path, name: str):
     items, problems = [], []
-    with open(path, encoding="utf-8") as f:
+    with _open(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue  # blank lines are not records
@@ -35,7 +43,8 @@ def _read_jsonl(path: Path, name: str):
 
 
 def _read_json(path: Path, name: str):
-    text = path.read_text(encoding="utf-8")
+    with _open(path) as f:
+        text = f.read()
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -61,8 +70,8 @@ def _read_json(path: Path, name: str):
 
 def _read_csv(path: Path, name: str):
     items, problems = [], []
-    delimiter = "\t" if path.suffix == ".tsv" else ","
-    with open(path, encoding="utf-8", newline="") as f:
+    delimiter = "\t" if ".tsv" in [s.lower() for s in path.suffixes] else ","
+    with _open(path, newline="") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
         for row in reader:
             loc = _Loc(name, "line", reader.line_num)
@@ -90,6 +99,8 @@ def _read_source(source):
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file. Fix: check the path (relative paths start at {Path.cwd()}).")
         suffix = path.suffix.lower()
+        if suffix == ".gz":  # train.jsonl.gz is read as .jsonl
+            suffix = Path(path.stem).suffix.lower()
         reader = {".jsonl": _read_jsonl, ".ndjson": _read_jsonl, ".json": _read_json, ".csv": _read_csv,
                   ".tsv": _read_csv, ".parquet": _read_parquet}.get(suffix)
         if reader is None:

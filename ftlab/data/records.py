@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ftlab.data import oasst
 from ftlab.data.formats import FORMATS, _convert, detect_format
 from ftlab.data.readers import _read_source
 from ftlab.data.validate import DataValidationError, _check_record, _loc_from_source, _Loc
@@ -38,9 +39,10 @@ def load_records(source, format=None, field_map=None, validate=True, on_invalid=
     """Read training data from a file or memory into canonical records.
 
     Args:
-        source: a path (``.jsonl``, ``.json``, ``.csv``, ``.tsv``, ``.parquet``), a list of dicts,
-            a ``datasets.Dataset`` or a pandas DataFrame.
-        format: one of ``FORMATS``; default: detected from the records' fields.
+        source: a path (``.jsonl``, ``.json``, ``.csv``, ``.tsv``, ``.parquet``, also gzipped as
+            ``.jsonl.gz``), a list of dicts, a ``datasets.Dataset`` or a pandas DataFrame.
+        format: one of ``FORMATS``; default: detected from the records' fields, so Alpaca, Dolly,
+            FLAN, ShareGPT and OpenAssistant files load as distributed, without a ``field_map``.
         field_map: your field names -> ours, e.g. ``{"question": "prompt", "answer": "completion"}``
             or ``{"context": "input", "response": "output"}``.
         validate: run the conversation checks of ``validate_records`` (on by default).
@@ -64,31 +66,12 @@ def load_records(source, format=None, field_map=None, validate=True, on_invalid=
         raise DataValidationError([_Loc(str(source) if isinstance(source, (str, Path)) else "records", "record", 0).problem(
             "(file)", "no records found", "check that the file is not empty")])
 
+    if format in (None, "oasst"):
+        items, found = oasst.rows_to_trees(items)  # OpenAssistant's flat message rows -> one tree each
+        problems += found
     records, bad = [], len(problems)
     for loc, raw in items:
-        if isinstance(raw, dict) and isinstance(raw.get("_source"), str):
-            loc = _loc_from_source(raw, loc.number)  # records read earlier keep their origin
-        # The format is decided per record, so a list that mixes formats still loads.
-        mapped = {field_map.get(k, k): v for k, v in raw.items()} if isinstance(raw, dict) else raw
-        fmt = format or detect_format(mapped)
-        if format is None and isinstance(raw, dict) and {"chosen", "rejected"} <= set(mapped) and "completion" not in mapped:
-            problems.append(loc.problem(
-                "(record)", "this is a preference pair (prompt/chosen/rejected), made for preference tuning such as DPO",
-                "to fine-tune on the preferred answers, load it with field_map={'chosen': 'completion'} "
-                "('rejected' is then kept as an extra field)"))
-            bad += 1
-            continue
-        if fmt is None and isinstance(raw, dict):
-            keys = sorted(str(k) for k in raw if not str(k).startswith("_"))
-            problems.append(loc.problem(
-                "(record)", f"cannot tell the data format from the fields {keys}",
-                "rename your fields with field_map (e.g. {'question': 'prompt', 'answer': 'completion'}) "
-                f"or pass format= one of {FORMATS}"))
-            bad += 1
-            continue
-        record, found = _convert(raw, loc, fmt or "chat", field_map)
-        if record is not None and validate:
-            found += _check_record(record, loc)
+        record, found = _load_one(loc, raw, format, field_map, validate)
         if found:
             problems += found
             bad += 1
@@ -103,3 +86,27 @@ def load_records(source, format=None, field_map=None, validate=True, on_invalid=
             for p in problems[:3]:
                 print(f"  - {p}")
     return records
+
+
+def _load_one(loc: _Loc, raw, format, field_map: dict, validate: bool):
+    """One raw record -> (canonical record or None, problems)."""
+    if isinstance(raw, dict) and isinstance(raw.get("_source"), str):
+        loc = _loc_from_source(raw, loc.number)  # records read earlier keep their origin
+    # The format is decided per record, so a list that mixes formats still loads.
+    mapped = {field_map.get(k, k): v for k, v in raw.items()} if isinstance(raw, dict) else raw
+    fmt = format or detect_format(mapped)
+    if format is None and isinstance(raw, dict) and {"chosen", "rejected"} <= set(mapped) and "completion" not in mapped:
+        return None, [loc.problem(
+            "(record)", "this is a preference pair (prompt/chosen/rejected), made for preference tuning such as DPO",
+            "to fine-tune on the preferred answers, load it with field_map={'chosen': 'completion'} "
+            "('rejected' is then kept as an extra field)")]
+    if fmt is None and isinstance(raw, dict):
+        keys = sorted(str(k) for k in raw if not str(k).startswith("_"))
+        return None, [loc.problem(
+            "(record)", f"cannot tell the data format from the fields {keys}",
+            "rename your fields with field_map (e.g. {'question': 'prompt', 'answer': 'completion'}) "
+            f"or pass format= one of {FORMATS}")]
+    record, found = _convert(raw, loc, fmt or "chat", field_map)
+    if record is not None and validate:
+        found += _check_record(record, loc)
+    return record, found

@@ -76,6 +76,9 @@ class _Loc:
 # --------------------------------------------------------------------------- validation
 
 
+_PAIR_FIELDS = {"instruction": ("instruction", "output"), "dolly": ("instruction", "response"), "flan": ("inputs", "targets")}
+
+
 def _field_namer(record):
     """Map (turn index, 'role'|'content') to the field name the user knows for this record's format."""
     fmt = record.get("_format", "chat")
@@ -86,10 +89,13 @@ def _field_namer(record):
             return f"messages[{i}].{key}"
         if fmt == "sharegpt":
             return f"conversations[{i}].{'from' if key == 'role' else 'value'}"
+        if fmt == "oasst":
+            return f"best thread, message {i}.{'role' if key == 'role' else 'text'}"
+        if fmt == "chatml":
+            return f"text, turn {i}"
         j = i - has_system
-        if fmt == "instruction":
-            return "system" if j < 0 else ("instruction" if j == 0 else "output")
-        return "system" if j < 0 else ("prompt" if j == 0 else "completion")
+        ask, answer = _PAIR_FIELDS.get(fmt, ("prompt", "completion"))
+        return "system" if j < 0 else (ask if j == 0 else answer)
 
     return name
 
