@@ -229,3 +229,35 @@ def test_solutions_match_peft_and_transformers():
         assert mine(step) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12, abs=1e-15), step
         opt.step()
         sched.step()
+
+
+def test_a_function_answer_of_the_wrong_kind_or_shape_is_replaced(capsys):
+    import torch
+
+    wrong_kind = lambda step: "3e-4"  # noqa: E731  a string where a number is needed
+    assert answer_or_solution("optim.cosine_with_floor_fn", wrong_kind)(1000) == pytest.approx(3e-5)
+    assert "returned a non-number" in capsys.readouterr().out
+    # mask_end_of_turn must keep one label per token: a shorter list would break training later
+    short = lambda input_ids, labels, end_id: labels[:-1]  # noqa: E731
+    fn = answer_or_solution("templates.mask_end_of_turn", short)
+    assert fn is not short and "where the lesson needs shape" in capsys.readouterr().out
+    # same shape, wrong values: the learner's answer, whose consequences the notebook shows
+    unchanged = lambda input_ids, labels, end_id: list(labels)  # noqa: E731
+    assert answer_or_solution("templates.mask_end_of_turn", unchanged) is unchanged
+    merge_wrong = lambda W, A, B, alpha, r: W + B @ A  # noqa: E731  forgets the alpha / r scale
+    assert answer_or_solution("lora.merge_weight", merge_wrong) is merge_wrong
+    assert torch.is_tensor(merge_wrong(torch.zeros(2, 2), torch.ones(1, 2), torch.ones(2, 1), 2, 1))
+
+
+def test_is_right_checks_quietly(monkeypatch, capsys):
+    from ftlab.exercises import is_right
+
+    right = EXERCISES["optim.cosine_with_floor_fn"].solution()
+    assert is_right("optim.cosine_with_floor_fn", right)
+    assert not is_right("optim.cosine_with_floor_fn", lambda step: 3e-4)
+    assert not is_right("optim.cosine_with_floor_fn", _blank) and not is_right("loss.perplexity", ...)
+    assert not is_right("loss.perplexity", "seven")  # a checker meeting an odd answer
+    assert is_right("loss.perplexity", math.exp(2.0))
+    assert capsys.readouterr().out == ""
+    monkeypatch.setenv(exercises.SOLUTIONS_ENV, "1")
+    assert is_right("optim.cosine_with_floor_fn", _blank)  # CI: the answer is the worked solution

@@ -9,7 +9,7 @@ _EXPORTS = {
     "SOLUTIONS_ENV": "checkers", "Number": "checkers", "Function": "checkers", "Choice": "checkers",
     "Text": "checkers", "Exercise": "checkers", "EXERCISES": "answers", "exercise": "checkers",
     "load_all": "checkers", "solutions_enabled": "checkers", "Mapping": "checkers",
-    "answer_or_solution": "answers", "is_unanswered": "answers", "check": "answers",
+    "answer_or_solution": "answers", "is_unanswered": "answers", "is_right": "answers", "check": "answers",
     "solution_source": "answers", "solution": "answers", "list_exercises": "answers",
 }
 

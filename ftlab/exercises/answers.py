@@ -16,7 +16,9 @@ import dis
 import inspect
 import textwrap
 
-from ftlab.exercises.checkers import EXERCISES, SOLUTIONS_ENV, Exercise, Function, _get, load_all, solutions_enabled
+from ftlab.exercises.checkers import (EXERCISES,  # noqa: F401  (EXERCISES: re-exported, complete)
+                                      SOLUTIONS_ENV, Exercise, Function, _as_array, _get, _short, load_all,
+                                      solutions_enabled)
 
 
 def is_unanswered(answer) -> bool:
@@ -33,15 +35,27 @@ def is_unanswered(answer) -> bool:
                and (i.opname not in ("LOAD_CONST", "RETURN_CONST") or i.argval in (None, Ellipsis)) for i in steps)
 
 
+def _shape(value):
+    """The array shape of a numeric result (None when it is not numeric, e.g. a string)."""
+    try:
+        return _as_array(value).shape
+    except (TypeError, ValueError):
+        return None
+
+
 def _unusable(ex: Exercise, answer) -> str:
-    """Why later cells could not run with this answer (empty if they can). Only a function that is
-    not a function, raises, or returns None on the exercise's own test inputs is unusable: a
-    wrong result is a lesson, a crash is not."""
+    """Why later cells could not run with this answer (empty if they can).
+
+    Only a function answer can break later cells: one that is not a function, raises, returns None,
+    or returns a result of another kind or shape than the worked solution's on the exercise's own
+    test inputs (a string for a number, 5 labels for 6 tokens). Wrong *values* are a lesson; a crash is not.
+    """
     if not isinstance(ex.checker, Function):
         return ""
     if not callable(answer):
         return f"is not a function ({type(answer).__name__})"
     cases = ex.checker.cases() if callable(ex.checker.cases) else ex.checker.cases
+    reference = ex.solution()
     for args in cases:
         try:
             got = answer(*args)
@@ -49,7 +63,30 @@ def _unusable(ex: Exercise, answer) -> str:
             return f"raised {type(error).__name__}: {error}"
         if got is None:
             return "returned None (a missing `return`?)"
+        want = _shape(reference(*args))
+        if want is not None and _shape(got) != want:
+            kind = "a non-number" if _shape(got) is None else f"shape {_shape(got)}"
+            return f"returned {kind} ({_short(got)}) where the lesson needs shape {want}"
     return ""
+
+
+def is_right(exercise_id: str, answer) -> bool:
+    """Whether ``answer`` passes the exercise's checker, quietly (nothing printed).
+
+    Later cells assert a claim that builds on an answer only when the answer is right, so a wrong
+    answer shows its consequences instead of stopping Run All::
+
+        assert ok or not is_right("lora.merge_weight", merge)   # a right merge() must reproduce peft's
+    """
+    if solutions_enabled():
+        return True
+    ex = _get(exercise_id)
+    if is_unanswered(answer):
+        return False
+    try:
+        return bool(ex.checker(answer, ex.solution, ex.mistakes)[0])
+    except Exception:  # a checker meeting an odd answer: not right
+        return False
 
 
 def answer_or_solution(exercise_id: str, answer):
