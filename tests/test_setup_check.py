@@ -7,13 +7,24 @@ import ftlab
 from ftlab import models, system
 
 
+def _device_ok(report):  # this machine's device and free memory are not under test here
+    report.checks.append(system.Check("device", True, "CPU only (2 cores): the laptop profile runs"))
+
+
 def test_all_well_is_one_line(capsys, monkeypatch):
-    monkeypatch.setattr(system, "_meminfo", lambda: {})  # the shared machine's free memory is not under test
+    monkeypatch.setattr(system, "_check_device", _device_ok)
     report = ftlab.setup_check()
     out = capsys.readouterr().out.strip()
     assert report.ok and not [c for c in report.checks if not c.ok], str(report)
     assert out.count("\n") == 0 and out.startswith("✅ set-up ok")
-    assert f"transformers {md.version('transformers')}" in out
+    assert f"transformers {md.version('transformers')}" in out and "CPU only (2 cores)" in out
+
+
+def test_a_device_warning_is_shown_with_its_fix(capsys, monkeypatch):
+    monkeypatch.setattr(system, "_meminfo", lambda: {"MemTotal": 8 * 2**30, "MemAvailable": 2**30})
+    ftlab.setup_check()
+    out = capsys.readouterr().out
+    assert "system memory: 8.0 GiB total, 1.0 GiB available" in out and "Close other programs" in out
 
 
 def test_pins_come_from_the_installed_metadata():
