@@ -41,7 +41,7 @@ class ProbeResult:
 def probe_accuracy(model, tokenizer, probes=None, *, name: str = "model", max_new_tokens: int = 48,
                    batch_size: int = 8, seed: int = 0, progress: bool = True) -> ProbeResult:
     """Ask every probe question (greedy, chat template) and check the answer with
-    ``ftlab.course_data.score_probe`` (an accepted answer appears in the reply).
+    ``ftlab.data.score_probe`` (an accepted answer appears in the reply).
 
     ``probes``: records ``{"question", "answers"}``; default the course probe set
     (``load_course_data("probes")``), which only holds questions the base

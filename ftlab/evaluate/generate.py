@@ -81,7 +81,7 @@ def generate_answers(model, tokenizer, prompts, *, max_new_tokens: int = 64, bat
     ``prompts``: strings (each one user message), lists of role/content messages, or records
     with ``messages``; a trailing assistant message is dropped (it is the reference), and the
     rest goes through the chat template with the generation prompt
-    (``ftlab.templates.render_prompt``, the same rendering training uses).
+    (``ftlab.data.render_prompt``, the same rendering training uses).
 
     Generation stops at the end-of-turn token (see ``stop_token_ids``) or after
     ``max_new_tokens``. Prompts are sorted by length before batching so little padding is

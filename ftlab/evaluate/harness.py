@@ -74,7 +74,7 @@ def score_answers(predictions, references, tasks=None, metric=None) -> tuple[lis
 
     Rules, per example: if ``metric`` is given (a name from ``METRICS`` or a function
     ``(prediction, reference) -> float``) it is used for every example. Otherwise an example
-    whose task is a course task (``ftlab.course_data.TASKS``) is scored with
+    whose task is a course task (``ftlab.data.TASKS``) is scored with
     ``ftlab.data.score_example``, and any other example with ``token_f1``. The names
     returned say which rule scored which example.
     """

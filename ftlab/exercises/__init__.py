@@ -13,4 +13,12 @@ _EXPORTS = {
     "solution_source": "answers", "solution": "answers", "list_exercises": "answers",
 }
 
-__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
+_getattr, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
+
+
+def __getattr__(name):
+    if name == "EXERCISES":  # the registry, with every notebook's exercises in it (nb*.py imported on first use)
+        from ftlab.exercises.checkers import load_all
+
+        return load_all()
+    return _getattr(name)

@@ -129,14 +129,7 @@ def prepare_model(
         for p in model.parameters():
             p.requires_grad_(True)
     elif method == "freeze":
-        n = len(decoder_layers(model))
-        if freeze_layers is not None and trainable_layers is not None:
-            raise ValueError("prepare_model(method='freeze'): give freeze_layers or trainable_layers, not both.")
-        if freeze_layers is not None:
-            trainable_layers = n - freeze_layers
-        elif trainable_layers is None:
-            trainable_layers = max(1, n // 4)
-        model = _freeze_all_but_last(model, trainable_layers)
+        model = _freeze_all_but_last(model, _trainable_layer_count(model, freeze_layers, trainable_layers))
     else:
         model = _add_adapters(
             model, method, lora_rank, lora_alpha, lora_dropout, target_modules, use_dora,
@@ -144,6 +137,16 @@ def prepare_model(
         )
     model.ftlab_method = label
     return model
+
+
+def _trainable_layer_count(model, freeze_layers, trainable_layers) -> int:
+    """How many of the last decoder layers ``method="freeze"`` trains (default: a quarter, at least one)."""
+    n = len(decoder_layers(model))
+    if freeze_layers is not None and trainable_layers is not None:
+        raise ValueError("prepare_model(method='freeze'): give freeze_layers or trainable_layers, not both.")
+    if freeze_layers is not None:
+        return n - freeze_layers
+    return trainable_layers if trainable_layers is not None else max(1, n // 4)
 
 
 def _add_adapters(model, method, rank, alpha, dropout, target_modules, use_dora, n_virtual, init_text, tokenizer,

@@ -71,6 +71,33 @@ class BLEUResult(dict):
                 f"ref_len = {self['ref_len']})  [{self['signature']}]")
 
 
+_SMOOTH_VALUES = {"none": None, "exp": None, "floor": 0.1, "add-k": 1}
+
+
+def _smoothed_precisions(matches: list[int], totals: list[int], smooth: str, max_order: int) -> list[float]:
+    """p_n in percent for n = 1..max_order, with sacrebleu's handling of zero matches (see :func:`bleu`)."""
+    matches, totals = list(matches), list(totals)
+    precisions = [0.0] * max_order
+    if not any(matches):
+        return precisions
+    halvings = 1.0
+    for n in range(max_order):
+        if smooth == "add-k" and n > 0:
+            matches[n] += 1
+            totals[n] += 1
+        if totals[n] == 0:
+            break  # nothing predicted at this order (or higher): precision stays 0
+        if matches[n] == 0:
+            if smooth == "exp":
+                halvings *= 2
+                precisions[n] = 100.0 / (halvings * totals[n])
+            elif smooth == "floor":
+                precisions[n] = 100.0 * _SMOOTH_VALUES["floor"] / totals[n]
+        else:
+            precisions[n] = 100.0 * matches[n] / totals[n]
+    return precisions
+
+
 def bleu(predictions, references, *, lowercase: bool = False, tokenize: str = "13a",
          smooth: str = "exp", max_order: int = 4) -> BLEUResult:
     """Corpus BLEU (Papineni et al. 2002) exactly as sacrebleu computes it by default.
@@ -101,9 +128,8 @@ def bleu(predictions, references, *, lowercase: bool = False, tokenize: str = "1
     refs = _as_reference_lists("bleu", predictions, references)
     if tokenize not in ("13a", "none"):
         raise ValueError(f"bleu: tokenize must be '13a' or 'none', got {tokenize!r}")
-    smooth_values = {"none": None, "exp": None, "floor": 0.1, "add-k": 1}
-    if smooth not in smooth_values:
-        raise ValueError(f"bleu: smooth must be one of {list(smooth_values)}, got {smooth!r}")
+    if smooth not in _SMOOTH_VALUES:
+        raise ValueError(f"bleu: smooth must be one of {list(_SMOOTH_VALUES)}, got {smooth!r}")
 
     def prep(text: str) -> list[str]:
         text = text.lower() if lowercase else text
@@ -133,29 +159,11 @@ def bleu(predictions, references, *, lowercase: bool = False, tokenize: str = "1
 
     bp = 1.0 if sys_len >= ref_len else (math.exp(1 - ref_len / sys_len) if sys_len else 0.0)
     counts, total_counts = list(matches), list(totals)
-    precisions = [0.0] * max_order
-    if any(matches):
-        halvings = 1.0
-        for n in range(max_order):
-            if smooth == "add-k" and n > 0:
-                matches[n] += 1
-                totals[n] += 1
-            if totals[n] == 0:
-                break  # nothing predicted at this order (or higher): precision stays 0
-            if matches[n] == 0:
-                if smooth == "exp":
-                    halvings *= 2
-                    precisions[n] = 100.0 / (halvings * totals[n])
-                elif smooth == "floor":
-                    precisions[n] = 100.0 * smooth_values["floor"] / totals[n]
-            else:
-                precisions[n] = 100.0 * matches[n] / totals[n]
-        # sacrebleu floors log(0) at -9999999999 instead of failing, which makes BLEU 0.0
-        log_mean = sum(math.log(p) if p > 0 else -9999999999 for p in precisions) / max_order
-        score = bp * math.exp(log_mean)
-    else:
-        score = 0.0
-    smooth_sig = smooth if smooth_values[smooth] is None else f"{smooth}[{smooth_values[smooth]:.2f}]"
+    precisions = _smoothed_precisions(matches, totals, smooth, max_order)
+    # sacrebleu floors log(0) at -9999999999 instead of failing, which makes BLEU 0.0
+    log_mean = sum(math.log(p) if p > 0 else -9999999999 for p in precisions) / max_order
+    score = bp * math.exp(log_mean) if any(matches) else 0.0
+    smooth_sig = smooth if _SMOOTH_VALUES[smooth] is None else f"{smooth}[{_SMOOTH_VALUES[smooth]:.2f}]"
     signature = (f"nrefs:{_nrefs(refs)}|case:{'lc' if lowercase else 'mixed'}|eff:no|"
                  f"tok:{tokenize}|smooth:{smooth_sig}|version:{SACREBLEU_VERSION}")
     return BLEUResult(score=score, precisions=precisions, bp=bp, sys_len=sys_len,

@@ -83,7 +83,6 @@ def perplexity(model, tokenizer, texts, *, max_length: int | None = None, stride
     import torch
     import torch.nn.functional as F
 
-    texts = list(texts)
     limit = getattr(model.config, "max_position_embeddings", None) or 1024
     max_length = max_length or min(limit, 1024)
     stride = stride or max(1, max_length // 2)
@@ -93,16 +92,7 @@ def perplexity(model, tokenizer, texts, *, max_length: int | None = None, stride
     if max_length < 2:
         raise ValueError("perplexity: max_length must be at least 2 tokens")
 
-    windows = []  # (token ids of the window, index of the first scored position)
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"perplexity: texts[{i}] is {type(text).__name__}, expected str")
-        ids = tokenizer(text)["input_ids"]
-        for begin, end, first in _windows(len(ids), max_length, stride):
-            windows.append((ids[begin:end], first - begin))
-    if not windows:
-        raise ValueError("perplexity: no scorable tokens (every text is empty or one token long)")
-
+    windows = _text_windows(tokenizer, texts, max_length, stride)
     # Similar lengths together so padding stays small; padding never changes the result
     # because padded positions are masked out of attention and out of the sum.
     windows.sort(key=lambda w: len(w[0]))
@@ -116,14 +106,7 @@ def perplexity(model, tokenizer, texts, *, max_length: int | None = None, stride
         from tqdm.auto import tqdm
 
         for batch in tqdm(batches, desc="perplexity", disable=not progress or len(batches) < 3):
-            width = max(len(ids) for ids, _ in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            targets = torch.full((len(batch), width), -100, dtype=torch.long)
-            for row, (ids, first) in enumerate(batch):
-                input_ids[row, : len(ids)] = torch.tensor(ids)
-                attention[row, : len(ids)] = 1
-                targets[row, first: len(ids)] = torch.tensor(ids[first:])
+            input_ids, attention, targets = _window_batch(batch, pad_id)
             with torch.no_grad():
                 logits = model(input_ids=input_ids.to(device),
                                attention_mask=attention.to(device)).logits
@@ -141,3 +124,32 @@ def perplexity(model, tokenizer, texts, *, max_length: int | None = None, stride
     if return_details:
         return {"perplexity": ppl, "nll": mean_nll, "nll_sum": nll_sum, "n_tokens": n_tokens}
     return ppl
+
+
+def _text_windows(tokenizer, texts, max_length: int, stride: int) -> list[tuple[list[int], int]]:
+    """Every text cut into windows: (token ids of the window, index of its first scored position)."""
+    windows = []
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"perplexity: texts[{i}] is {type(text).__name__}, expected str")
+        ids = tokenizer(text)["input_ids"]
+        for begin, end, first in _windows(len(ids), max_length, stride):
+            windows.append((ids[begin:end], first - begin))
+    if not windows:
+        raise ValueError("perplexity: no scorable tokens (every text is empty or one token long)")
+    return windows
+
+
+def _window_batch(batch, pad_id: int):
+    """Right-padded ``input_ids``, ``attention_mask`` and targets (-100 where a token is not scored)."""
+    import torch
+
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    targets = torch.full((len(batch), width), -100, dtype=torch.long)
+    for row, (ids, first) in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention[row, : len(ids)] = 1
+        targets[row, first: len(ids)] = torch.tensor(ids[first:])
+    return input_ids, attention, targets
