@@ -7,7 +7,7 @@ from ftlab._lazy import lazy_exports
 # public name -> submodule that defines it
 _EXPORTS = {
     "SOLUTIONS_ENV": "checkers", "Number": "checkers", "Function": "checkers", "Choice": "checkers",
-    "Text": "checkers", "Exercise": "checkers", "EXERCISES": "answers", "exercise": "checkers",
+    "Text": "checkers", "Exercise": "checkers", "EXERCISES": "checkers", "exercise": "checkers",
     "load_all": "checkers", "solutions_enabled": "checkers", "Mapping": "checkers",
     "answer_or_solution": "answers", "is_unanswered": "answers", "is_right": "answers", "check": "answers",
     "solution_source": "answers", "solution": "answers", "list_exercises": "answers",

@@ -16,8 +16,7 @@ import dis
 import inspect
 import textwrap
 
-from ftlab.exercises.checkers import (EXERCISES,  # noqa: F401  (EXERCISES: re-exported, complete)
-                                      SOLUTIONS_ENV, Exercise, Function, _as_array, _get, _short, load_all,
+from ftlab.exercises.checkers import (SOLUTIONS_ENV, Exercise, Function, _as_array, _get, _short, load_all,
                                       solutions_enabled)
 
 
@@ -165,7 +164,3 @@ def list_exercises(prefix: str = "") -> list[str]:
     """Ids of the registered exercises, optionally only those starting with ``prefix``."""
     return sorted(e for e in load_all() if e.startswith(prefix))
 
-
-# The registry as notebooks and tests see it (``from ftlab.exercises import EXERCISES``): every
-# notebook's exercises registered, not only those of modules someone happened to import first.
-load_all()
