@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         # These two own their flags; hand the rest of the line over unchanged.
         if argv[0] == "train":
             return _train(argv[1:])
-        from ftlab.memory.estimator import cli_main
+        from ftlab.memory import cli_main
 
         return int(cli_main(argv[1:]) or 0)
 

@@ -252,3 +252,93 @@ def test_explorer_update_without_a_browser():
     import ipywidgets
 
     assert isinstance(ex.widget(), ipywidgets.VBox)
+
+
+# ----------------------------------------------------------------------------- one test per phase of the step
+
+
+def _step(model="tiny", **kw):
+    from ftlab.memory.step import make_step
+
+    args = dict(method="full", batch_size=2, seq_len=32, param_dtype="fp32", mixed_precision=None, quantization=None,
+                optimizer="adamw", optimizer_impl="fused", gradient_checkpointing=False, lora_rank=8,
+                lora_targets="all-linear", lora_dropout=0.0, trainable_layers=None, attention="sdpa", loss="full",
+                loss_chunk_tokens=1024, trained_tokens=None, padded=False, device="cpu")
+    return make_step(model, **{**args, **kw})
+
+
+def test_phase_persistent_state_weights_adapters_gradients_states():
+    from ftlab.memory.state import persistent_state
+
+    P = M.ARCHITECTURES["llama-3.2-1b"].num_parameters()
+    full = {i.category: i.bytes for i in persistent_state(_step("llama-3.2-1b", param_dtype="bf16", device="cuda"))}
+    assert full == {"weights": 2 * P, "gradients": 2 * P, "optimizer states": 2 * 2 * P}
+    lora = persistent_state(_step("llama-3.2-1b", method="lora", param_dtype="bf16", lora_rank=16, device="cuda"))
+    a = M.ARCHITECTURES["llama-3.2-1b"]
+    n = a.layers * sum(16 * (o + i) for o, i in a.linear_shapes().values())
+    by = {i.category: i.bytes for i in lora}
+    assert by["LoRA adapters"] == by["gradients"] == 4 * n   # fp32 adapters and fp32 grads on a bf16 base
+    assert by["optimizer states"] == 8 * n
+
+
+def test_phase_forward_saved_per_layer_equals_autograd_saved_tensors():
+    """What one decoder layer saves for backward, counted by autograd's own saved-tensor hooks."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ftlab.memory.forward import layer_saved
+    from ftlab.models import TINY_CONFIG
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=49152, **TINY_CONFIG, attn_implementation="sdpa"))
+    params = {p.data_ptr() for p in model.parameters()}
+    B, S = 2, 32
+    ids = torch.randint(0, 49152, (B, S))
+    emb = model.model.embed_tokens(ids).detach().requires_grad_(True)
+    pos = torch.arange(S)[None].expand(B, S)
+    rope = model.model.rotary_emb(emb, pos)
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        if t.data_ptr() not in params and t.untyped_storage().nbytes():
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    layer = model.model.layers[1]
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(emb, position_embeddings=rope, attention_mask=None, position_ids=pos)
+    measured = sum(seen.values())  # the layer's input is among them: the first RMSNorm saves it
+    predicted = sum(layer_saved(_step(batch_size=B, seq_len=S), 1).values())
+    assert abs(predicted - measured) / measured < 0.05, (predicted, measured)
+
+
+def test_phase_loss_buffers_three_fp32_vocab_buffers():
+    from ftlab.memory.forward import loss_buffers
+
+    V = 49152
+    assert loss_buffers(_step()).backward == 3 * 64 * V * 4
+    assert loss_buffers(_step(loss="trained", trained_tokens=10)).backward == 3 * 10 * V * 4
+    assert loss_buffers(_step(batch_size=8, seq_len=256, loss="chunked", loss_chunk_tokens=512)).tokens == 512
+    # bf16 logits: the model-dtype logits and their fp32 upcast both exist at the end of the forward
+    assert loss_buffers(_step(param_dtype="bf16")).forward == 64 * V * (2 + 4 + 4)
+
+
+def test_phase_backward_frees_activations_while_gradients_appear():
+    kw = dict(batch_size=4, seq_len=512, param_dtype="bf16")
+    e = M.estimate_memory("llama-3.2-1b", **kw)
+    ck = M.estimate_memory("llama-3.2-1b", gradient_checkpointing=True, **kw)
+    worst = lambda est: next(v for p, v in est.phases.items() if p.startswith("backward: decoder layer"))  # noqa: E731
+    assert e.phases["backward: start (loss gradient)"] > e.phases["backward: end (embedding gradient)"]
+    assert worst(ck) < worst(e)   # only checkpoints (+ the recomputed layer) are alive
+    # the last moment of backward: bf16 weights + AdamW states + every gradient + the batch, and the tied
+    # embedding's two gradients (lm_head's and the embedding's) before autograd adds them
+    P = M.ARCHITECTURES["llama-3.2-1b"].num_parameters()
+    batch = 4 * (4 * 512) * 8
+    assert e.phases["backward: end (embedding gradient)"] == (2 + 4 + 2) * P + batch + 2 * (128256 * 2048) * 2
+
+
+def test_phase_optimizer_step_temporaries_by_implementation():
+    kw = dict(batch_size=1, seq_len=16, param_dtype="bf16")
+    P = M.ARCHITECTURES["llama-3.2-1b"].num_parameters()
+    fused = M.estimate_memory("llama-3.2-1b", **kw).phases["optimizer step"]
+    foreach = M.estimate_memory("llama-3.2-1b", optimizer_impl="foreach", **kw).phases["optimizer step"]
+    assert foreach - fused == 2 * P   # one bf16 temporary per trainable parameter

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ftlab.training.loss import count_trained_tokens
-from ftlab.memory.estimator import _fmt, estimate_memory
+from ftlab.memory import estimate_memory
+from ftlab.memory.breakdown import _fmt
 
 
 @dataclass
@@ -262,7 +263,7 @@ def accelerate_training_bytes(model) -> int:
 
 
 def estimate_for(cfg: Config, device: str, trained_tokens: int | None = None):
-    from ftlab.memory.estimator import get_architecture
+    from ftlab.memory import get_architecture
     from ftlab.models import smollm2_dir
 
     arch = get_architecture("tiny" if cfg.model == TINY else str(smollm2_dir()))
