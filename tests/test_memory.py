@@ -80,10 +80,25 @@ def test_nf4_bytes_per_parameter_match_bitsandbytes(double_quant):
 
 
 def test_qlora_weights_are_about_a_quarter_of_bf16():
-    full = M.estimate_memory("llama-3.1-8b", method="lora", param_dtype="bf16", batch_size=1, seq_len=128)
-    q = M.estimate_memory("llama-3.1-8b", method="qlora", param_dtype="bf16", batch_size=1, seq_len=128)
+    kw = dict(param_dtype="bf16", batch_size=1, seq_len=128, device="cpu")
+    full = M.estimate_memory("llama-3.1-8b", method="lora", **kw)
+    q = M.estimate_memory("llama-3.1-8b", method="qlora", **kw)
     w = lambda e: sum(i.bytes for i in e.items if i.category in ("weights", "quantisation constants"))  # noqa: E731
     assert 0.25 < w(q) / w(full) < 0.40  # embeddings + lm_head stay bf16
+
+
+def test_kbit_preparation_on_cuda_keeps_embeddings_head_and_residual_in_fp32():
+    """peft's prepare_model_for_kbit_training (ftlab's CUDA QLoRA path) casts non-4-bit params to fp32."""
+    from ftlab.memory.cuda import kbit_training_extra_bytes
+
+    kw = dict(method="qlora", param_dtype="bf16", batch_size=2, seq_len=1024, gradient_checkpointing=True)
+    cpu, cuda = (M.estimate_memory("llama-3.1-8b", device=d, **kw) for d in ("cpu", "cuda"))
+    w = lambda e: sum(i.bytes for i in e.components if i.category == "weights")  # noqa: E731
+    assert w(cuda) - w(cpu) == kbit_training_extra_bytes("llama-3.1-8b")
+    ck = lambda e: next(c.bytes for c in e.components if c.name.startswith("activations: checkpoints"))  # noqa: E731
+    assert ck(cuda) == 2 * ck(cpu)   # the residual stream starts at the fp32 embedding
+    # fp32 lm_head on an fp32 input: the logits are fp32 already (no separate bf16 copy and upcast)
+    assert cuda.phases["forward: end (loss)"] > cpu.phases["forward: end (loss)"]
 
 
 # ----------------------------------------------------------------------------- LoRA

@@ -19,7 +19,10 @@ torch 2.13, transformers 5.23, peft 0.21, bitsandbytes 0.50) that decides it:
 * **prepare_model_for_kbit_training** (peft ``utils/other.py``): freezes everything, casts every
   16-bit parameter that is not ``Params4bit`` (embeddings, norms, an untied lm_head) to fp32, makes the
   embedding output require grad (so every layer's input gradient flows), and turns gradient
-  checkpointing on by default. :func:`kbit_training_extra_bytes`.
+  checkpointing on by default (ftlab passes ``use_gradient_checkpointing=False`` and decides itself).
+  :func:`kbit_training_extra_bytes`; ``estimate_memory(method="qlora", param_dtype="bf16",
+  device="cuda")`` applies it (``Step.kbit_fp32``): fp32 embeddings/norms/head, an fp32 residual
+  stream (it starts at the fp32 embedding) and fp32 logits (fp32 head on an fp32 input).
 * **fp32 adapters** (peft ``tuners/tuners_utils.py`` ``autocast_adapter_dtype=True``; ``tuners/lora/
   layer.py: Linear.forward`` casts the input with ``_cast_input_dtype``): on a bf16 base the adapters,
   their gradients and both Adam states are fp32, and each adapter keeps its own fp32 copy of its

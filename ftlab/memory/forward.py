@@ -170,7 +170,7 @@ def loss_buffers(step) -> LossBuffers:
     """The loss: transformers upcasts the logits to fp32 before the cross-entropy, and at the start of
     backward three ``tokens x vocab`` fp32 buffers exist at once. ``loss="trained"`` makes logits only
     at labelled positions; ``"chunked"`` only for one chunk at a time."""
-    V, m = step.arch.vocab, step.m
+    V, m = step.arch.vocab, step.logit_b
     Tl = {"chunked": min(step.T, step.loss_chunk_tokens), "trained": step.trained_tokens}.get(step.loss, step.T)
     note = {"full": "fp32 log-probs + their grad + grad of logits (tokens x vocab each)",
             "trained": f"the same 3 fp32 buffers, for the {step.trained_tokens} trained tokens only",

@@ -105,14 +105,17 @@ def weight_items(step) -> list[MemoryItem]:
             quant_bytes = n_q * 0.5
             const_bytes = nf4_constant_bytes(n_q, double_quant=(q == "nf4-dq")) + L * 7 * _NF4_PER_TENSOR(q)
         full_prec = total_params - n_q
+        fp_b = 4 if step.kbit_fp32 else w_b  # prepare_model_for_kbit_training casts them to fp32
+        fp_dtype = "fp32" if step.kbit_fp32 else step.param_dtype
         items = [
             MemoryItem(f"weights: {q} decoder Linear layers", int(quant_bytes), "weights",
                        f"{n_q / 1e6:.1f}M params x {'1 byte' if q == 'int8' else '0.5 byte'}"),
             MemoryItem("quantisation constants", int(const_bytes), "quantisation constants",
                        {"nf4": "fp32 absmax per 64 weights", "nf4-dq": "8-bit absmax per 64 + fp32 per 256 blocks",
                         "int8": "fp32 scale per output row"}[q]),
-            MemoryItem(f"weights: {step.param_dtype} embeddings, norms{'' if arch.tied else ', lm_head'}",
-                       int(full_prec * w_b), "weights", f"{full_prec / 1e6:.1f}M params x {w_b} B"),
+            MemoryItem(f"weights: {fp_dtype} embeddings, norms{'' if arch.tied else ', lm_head'}",
+                       int(full_prec * fp_b), "weights", f"{full_prec / 1e6:.1f}M params x {fp_b} B"
+                       + (" (prepare_model_for_kbit_training)" if step.kbit_fp32 else "")),
         ]
     if step.lora:
         n = trainable_parameters(step).total

@@ -82,9 +82,21 @@ class Step:
         return 2 if (self.mixed or self.w_b == 2) else 4
 
     @property
+    def kbit_fp32(self) -> bool:
+        """QLoRA on CUDA through ``prepare_model_for_kbit_training`` (peft ``utils/other.py``; ftlab's
+        ``prepare_model(..., "qlora")`` calls it for a ``BitsAndBytesConfig`` model): every 16-bit
+        parameter that is not 4-bit (embeddings, norms, lm_head) is cast to fp32."""
+        return self.method == "qlora" and self.kind == "cuda" and self.w_b == 2 and not self.mixed
+
+    @property
     def r(self) -> int:
-        """Bytes of the residual stream (fp32 under autocast)."""
-        return 4 if self.w_b == 4 else 2
+        """Bytes of the residual stream (fp32 under autocast, and after kbit preparation: fp32 embeddings)."""
+        return 4 if (self.w_b == 4 or self.kbit_fp32) else 2
+
+    @property
+    def logit_b(self) -> int:
+        """Bytes of a logit as lm_head returns it (fp32 when lm_head and its input are fp32)."""
+        return 4 if self.kbit_fp32 else self.m
 
     @property
     def lora(self) -> bool:
