@@ -9,7 +9,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.ftlab-installed
 PIP     := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: setup model browser lab test test-fast bench clean-model
+.PHONY: setup model browser lab test test-fast bench gpu-check clean-model
 
 setup: $(STAMP)
 
@@ -52,6 +52,11 @@ bench: setup model
 	$(PY) -m ftlab.bench.train
 	$(PY) -m ftlab.bench.memory
 	$(PY) -m ftlab.bench.quality
+
+# Five-minute GPU preflight (instructors, before a workshop): bf16 LoRA, QLoRA, 8-bit AdamW, full FT,
+# generation, the memory estimate against CUDA's counters, unified-memory facts. No GPU: a CPU self-test, exit 0.
+gpu-check: setup model
+	$(PY) -m ftlab.memory.gpu_check
 
 clean-model:
 	$(PY) -m ftlab prefetch --force

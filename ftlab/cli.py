@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="ftlab", description="ftlab: the fine-tuning course's command line")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("doctor", help="check this machine for the course")
+    d = sub.add_parser("doctor", help="check this machine for the course")
+    d.add_argument("--gpu", action="store_true", help="also run the GPU preflight (make gpu-check): training paths and memory on CUDA")
     p = sub.add_parser("prefetch", help="prepare models for offline use")
     p.add_argument("--force", action="store_true", help="re-convert the offline model even if the cache looks fine")
     p.add_argument("--model", action="append", help="also download this hub model (alias or id); repeatable")
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         # These two own their flags; hand the rest of the line over unchanged.
         if argv[0] == "train":
             return _train(argv[1:])
-        from ftlab.memory.estimator import cli_main
+        from ftlab.memory import cli_main
 
         return int(cli_main(argv[1:]) or 0)
 
@@ -90,7 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "doctor":
         from ftlab.system import doctor
 
-        return 0 if doctor().ok else 1
+        ok = doctor().ok
+        if args.gpu:
+            from ftlab.memory.gpu_check import main as gpu_check
+
+            ok = (gpu_check([]) == 0) and ok
+        return 0 if ok else 1
     if args.command == "prefetch":
         return _prefetch(args)
     return 2
