@@ -39,6 +39,7 @@ from ftlab.memory.timeline import (Timeline, activation_components, backward_mom
                                    optimizer_step_moment, peak_items)
 
 
+# long on purpose: twenty settings, each documented where it is used; the body is the step's phases (~30 lines).
 def estimate_memory(
     model,
     method: str = "full",
@@ -67,7 +68,7 @@ def estimate_memory(
         model: a config, model name, table key or folder (see :func:`get_architecture`).
         method: ``"full"``, ``"lora"``, ``"qlora"`` (LoRA on an NF4 base) or ``"freeze"``
             (train only the last ``trainable_layers`` decoder layers and the final norm; default a
-            quarter of the layers, as ``ftlab.methods.prepare_model`` does).
+            quarter of the layers, as ``ftlab.training.prepare_model`` does).
         batch_size, seq_len: sequences per step and tokens per (padded) sequence.
         param_dtype: storage dtype of the weights, ``"fp32"``, ``"bf16"`` or ``"fp16"``.
         mixed_precision: ``"bf16"``/``"fp16"`` = autocast over fp32 weights (``param_dtype`` must
