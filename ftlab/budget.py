@@ -150,10 +150,9 @@ def training_settings(model, config, examples) -> dict:
     import torch
 
     param = next(model.parameters())
-    lengths = sorted((len(e["input_ids"]) for e in examples), reverse=True)
-    seq_len = min(config.max_length, lengths[0]) if config.batching != "pack" else config.max_length
-    trained = sorted((sum(1 for t in e["labels"] if t != -100) for e in examples), reverse=True)
-    trained_tokens = max(1, min(sum(trained[:config.batch_size]), config.batch_size * seq_len))
+    seq_len, trained_tokens = longest_batch(examples, config.batch_size, config.max_length)
+    if config.batching == "pack":
+        seq_len = config.max_length
     bf16_autocast = (param.device.type == "cuda" and param.dtype == torch.float32
                      and config.mixed_precision in ("auto", "bf16"))
     method = {"dora": "lora", "ia3": "lora", "prompt_tuning": "lora"}.get(config.method, config.method)
@@ -167,6 +166,14 @@ def training_settings(model, config, examples) -> dict:
                 loss="trained" if config.trained_logits_only else "full",
                 trained_tokens=trained_tokens if config.trained_logits_only else None,
                 device=param.device.type)
+
+
+def longest_batch(examples, batch_size: int, max_length: int) -> tuple[int, int]:
+    """(padded length, trained tokens) of the largest micro-batch these examples can make: the upper bound
+    of what one step holds, whatever the order (longest example; the ``batch_size`` most trained tokens)."""
+    seq_len = min(max_length, max(len(e["input_ids"]) for e in examples))
+    trained = sorted((sum(1 for t in e["labels"][:max_length] if t != -100) for e in examples), reverse=True)
+    return seq_len, max(1, min(sum(trained[:batch_size]), batch_size * seq_len))
 
 
 def check_generation(model, batch_size: int, prompt_tokens: int, max_new_tokens: int) -> int | None:
