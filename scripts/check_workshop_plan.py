@@ -40,14 +40,17 @@ def measure(notebook: Path, profile: str, timeout: int = 1800) -> dict:
     os.environ.update(FTLAB_PROFILE=profile, FTLAB_SOLUTIONS="1", PYTHONPATH=str(ROOT))
     nb = nbformat.read(notebook, as_version=4)
     marks: list[tuple[int, int]] = []
+    start = time.time()
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=False,
                             resources={"metadata": {"path": str(notebook.parent)}})
 
     def after_cell(cell, cell_index, **_):
         marks.append((cell_index, vm_hwm(client.km.provisioner.process.pid)))
+        if os.environ.get("CHECK_VERBOSE"):
+            print(f"  {notebook.stem} cell {cell_index}: {marks[-1][1] / 2**20:.0f} MiB, {time.time() - start:.0f} s",
+                  file=sys.stderr, flush=True)
 
     client.on_cell_executed = after_cell
-    start = time.time()
     client.execute()
     peak = max(b for _, b in marks)
     first_at_peak = next(i for i, b in marks if b >= peak - 16 * 2**20)  # the cell that (nearly) set it
