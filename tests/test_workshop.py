@@ -168,7 +168,7 @@ async def run_notebook(base, user, token, notebook, timeout):
     assert r.status_code == 201, r.text
     kernel = r.json()["id"]
     ws_url = f"{base.replace('http', 'ws')}/user/{user}/api/kernels/{kernel}/channels"
-    ws = await websocket_connect(HTTPRequest(ws_url, headers=headers), connect_timeout=30)
+    ws = await websocket_connect(HTTPRequest(ws_url, headers=headers, connect_timeout=30, request_timeout=60))
     cells = json.loads(Path(ROOT / "notebooks" / notebook).read_text())["cells"]
     session, start = uuid.uuid4().hex, time.time()
     try:
