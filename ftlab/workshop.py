@@ -194,8 +194,11 @@ def make_plan(participants: int, device: str = "dgx-spark", profile: str | None 
                             f"(stagger its heaviest step: {row['heaviest_step']}); the others read ahead or run "
                             f"the next notebook's first part meanwhile")
     heaviest = max(r["peak_bytes"] for r in rows)
-    budget = heaviest if heaviest > share else share  # a budget below a notebook's peak would refuse it
-    budget_gib = math.ceil(budget / GiB * 2) / 2  # rounded up to 0.5 GiB
+    # The fair share (rounded down to 0.5 GiB) when every notebook fits in it; else the heaviest peak
+    # (rounded up): a budget below a notebook's peak would refuse that notebook.
+    budget_gib = math.floor(share / GiB * 2) / 2
+    if heaviest > budget_gib * GiB:
+        budget_gib = math.ceil(heaviest / GiB * 2) / 2
     if not schedule:
         schedule.append("every notebook fits all participants at once: no staggering needed")
     if budget_gib * participants * GiB > usable:

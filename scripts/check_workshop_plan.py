@@ -41,7 +41,8 @@ def measure(notebook: Path, profile: str, timeout: int = 1800) -> dict:
     nb = nbformat.read(notebook, as_version=4)
     marks: list[tuple[int, int]] = []
     start = time.time()
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=False,
+    # allow_errors: a cell that fails (reported in the row) must not hide the rest of the notebook's memory
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
                             resources={"metadata": {"path": str(notebook.parent)}})
 
     def after_cell(cell, cell_index, **_):
@@ -54,7 +55,9 @@ def measure(notebook: Path, profile: str, timeout: int = 1800) -> dict:
     client.execute()
     peak = max(b for _, b in marks)
     first_at_peak = next(i for i, b in marks if b >= peak - 16 * 2**20)  # the cell that (nearly) set it
-    return dict(notebook=notebook.stem, profile=profile, measured_bytes=peak, peak_cell=first_at_peak,
+    errors = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
+              and any(o.get("output_type") == "error" for o in cell.get("outputs", []))]
+    return dict(notebook=notebook.stem, profile=profile, measured_bytes=peak, peak_cell=first_at_peak, error_cells=errors,
                 after_setup_bytes=marks[0][1] if marks else 0, seconds=round(time.time() - start, 1))
 
 
