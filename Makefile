@@ -54,8 +54,10 @@ bench: setup model
 # A rehearsal of the workshop hub (workshop/, docs/workshop.md) on http://127.0.0.1:8000, as root
 # (it switches to each participant's Unix user). Participants: workshop/participants.py add N.
 # The hub's state (database, cookie secret) goes to $$WORKSHOP_STATE, here .workshop-state/.
-workshop: setup model
+# The shared model cache ($$FTLAB_HOME, default /opt/ftlab) is converted once and made read-only for all.
+workshop: setup
 	@[ "$$(id -u)" = 0 ] || { echo "make workshop: the hub must run as root (it starts each participant's server as that user)"; exit 1; }
+	FTLAB_HOME=$${FTLAB_HOME:-/opt/ftlab} $(PY) -m ftlab prefetch && chmod -R a+rX,go-w $${FTLAB_HOME:-/opt/ftlab}
 	WORKSHOP_STATE=$${WORKSHOP_STATE:-$(CURDIR)/.workshop-state} FTLAB_HOME=$${FTLAB_HOME:-/opt/ftlab} \
 		$(VENV)/bin/jupyterhub -f workshop/jupyterhub_config.py
 
