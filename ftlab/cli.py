@@ -4,6 +4,7 @@
     ftlab prefetch [--force]          convert the offline model once (and fetch hub models for offline use)
     ftlab train --config run.yaml     the training loop outside notebooks
     ftlab estimate --model ... ...    the VRAM estimator's breakdown
+    ftlab workshop plan --participants N [--device dgx-spark]   memory plan for a class on one machine
 """
 
 from __future__ import annotations
@@ -78,7 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", action="append", help="also download this hub model (alias or id); repeatable")
     sub.add_parser("train", help="train from a YAML config (see configs/)", add_help=False)
     sub.add_parser("estimate", help="estimate training memory", add_help=False)
+    sub.add_parser("workshop", help="plan a workshop on one shared machine (workshop plan --help)", add_help=False)
 
+    if argv and argv[0] == "workshop":
+        from ftlab.workshop import cli_main as workshop_main
+
+        return workshop_main(argv[1:])
     if argv and argv[0] in ("train", "estimate"):
         # These two own their flags; hand the rest of the line over unchanged.
         if argv[0] == "train":
