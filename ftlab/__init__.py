@@ -31,6 +31,7 @@ _EXPORTS = {
     "load_course_data": "data.course", "score_example": "data.course",
     "prepare_model": "training.methods", "count_parameters": "training.methods",
     "TrainConfig": "training.config", "TrainResult": "training.config", "train": "training.loop",
+    "Playground": "training.playground", "playground": "training.playground_panel",
     "estimate_memory": "memory.estimator", "estimate_inference_memory": "memory.estimator",
     "HARDWARE": "memory.estimator",
     "evaluate_model": "evaluate.harness", "compare_models": "evaluate.harness",
