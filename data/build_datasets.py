@@ -40,7 +40,7 @@ PREFERENCE_PAIRS = 600
 TASKS = ("extract_json", "classify", "rewrite", "qa")
 LABELS = ("billing", "shipping", "technical", "account", "other")
 
-# Kept identical to ftlab.course_data.SYSTEM_PROMPT (a test checks it); the script does not import
+# Kept identical to ftlab.data.SYSTEM_PROMPT (a test checks it); the script does not import
 # ftlab so that it runs from a bare checkout.
 SYSTEM_PROMPT = ("You are the support assistant of Brightwave Home. "
                  "Do exactly what the user asks and reply in the requested format, with nothing else.")
@@ -950,7 +950,7 @@ def verify_probes(out_dir):
     """Ask the real model every candidate (greedy, chat template); keep only the ones it gets right."""
     sys.path.insert(0, str(DATA_DIR.parent))
     from ftlab import load_model
-    from ftlab.course_data import score_probe
+    from ftlab.data import score_probe
 
     model, tok = load_model("smollm2-135m-instruct", device="cpu")
     replies = generate_greedy(model, tok, [[{"role": "user", "content": q}] for q, _ in PROBE_CANDIDATES],
@@ -1223,7 +1223,7 @@ def score_base(out_dir, per_task, batch_size=16, log_path=None, threads=None):
     import time
 
     from ftlab import load_model
-    from ftlab.course_data import score_example
+    from ftlab.data import score_example
 
     rows = [json.loads(line) for line in open(Path(out_dir) / "instructions" / "test.jsonl", encoding="utf-8")]
     by_task = [[r for r in rows if r["task"] == task][:per_task] for task in TASKS]

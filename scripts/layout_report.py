@@ -4,8 +4,10 @@
     python scripts/layout_report.py --top 15   # more rows
 
 It reads the source with `ast` only (nothing is imported), so anyone can rerun it on any checkout.
-An import cycle is a strongly connected group of ftlab modules that import each other at module
-level; imports inside functions are lazy and do not count.
+An import cycle is a strongly connected group of ftlab modules that import each other. Two counts are
+printed: at module level (what breaks an import), and with the imports inside functions too (a
+lazy import still ties two modules together, so the goal is zero of those as well). A package's
+lazy ``__init__`` (``ftlab/_lazy.py``) imports nothing up front and is left out of the graph.
 """
 from __future__ import annotations
 
@@ -38,11 +40,11 @@ def functions(tree):
     return out
 
 
-def top_level_imports(tree, name, modules):
-    """ftlab modules imported at module level (not inside a function)."""
+def imported_modules(tree, name, modules, lazy=False):
+    """ftlab modules that ``name`` imports: at module level, or anywhere (``lazy=True``: inside functions too)."""
     found = set()
     package = name if name in modules and modules[name].name == "__init__.py" else name.rpartition(".")[0]
-    for node in tree.body:
+    for node in (ast.walk(tree) if lazy else tree.body):
         targets = []
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
@@ -86,16 +88,25 @@ def cycles(graph):
 
 def report(top=5):
     modules = {module_name(p): p for p in sorted(ROOT.rglob("*.py"))}
-    sizes, funcs, graph = [], [], {}
+    sizes, funcs, graph, lazy_graph = [], [], {}, {}
     for name, path in modules.items():
         text = path.read_text()
         tree = ast.parse(text)
         sizes.append((len(text.splitlines()), name))
         funcs += [(n, f"{name}.{q}") for q, n in functions(tree)]
-        graph[name] = top_level_imports(tree, name, modules)
+        graph[name] = imported_modules(tree, name, modules)
+        lazy_graph[name] = imported_modules(tree, name, modules, lazy=True)
+    # ``from ftlab.evaluate import X`` runs the package's lazy __getattr__, which imports the module
+    # that defines X; the package itself imports nothing, so package nodes are dropped from the graph.
+    packages = {n for n, path in modules.items() if path.name == "__init__.py"}
+    for g in (graph, lazy_graph):
+        for n in list(g):
+            g[n] = g[n] - packages
+            if n in packages:
+                g[n] = set()
     sizes.sort(reverse=True); funcs.sort(reverse=True)
     return {"modules": len(modules), "lines": sum(s for s, _ in sizes), "largest_modules": sizes[:top],
-            "largest_functions": funcs[:top], "cycles": cycles(graph)}
+            "largest_functions": funcs[:top], "cycles": cycles(graph), "lazy_cycles": cycles(lazy_graph)}
 
 
 def main():
@@ -109,8 +120,11 @@ def main():
     print("largest functions:")
     for n, name in r["largest_functions"]:
         print(f"  {n:5d}  {name}")
-    print(f"import cycles: {len(r['cycles'])}")
+    print(f"import cycles at module level: {len(r['cycles'])}")
     for c in r["cycles"]:
+        print("  " + " <-> ".join(c))
+    print(f"import cycles counting imports inside functions: {len(r['lazy_cycles'])}")
+    for c in r["lazy_cycles"]:
         print("  " + " <-> ".join(c))
 
 

@@ -92,7 +92,7 @@ def test_at_least_two_checked_exercises_with_known_ids(notebook):
     ids = [i for cell in _code(notebook) for i in CHECK_CALL.findall(cell.source)]
     assert len(set(ids)) >= 2, f"{notebook.path.name}: at least two exercises with check(...) (found {ids})"
     unknown = sorted(set(ids) - set(EXERCISES))
-    assert not unknown, f"{notebook.path.name}: check() ids not registered in ftlab/exercises.py: {unknown}"
+    assert not unknown, f"{notebook.path.name}: check() ids not registered in ftlab/exercises/: {unknown}"
 
 
 def test_claims_are_asserted(notebook):

@@ -210,7 +210,7 @@ def measure_training_peak(model, optimizer, batch: dict, steps: int = 2,
     """Peak bytes over ``steps`` training steps, and the phase in which it happened.
 
     The loss is transformers' (``model(**batch).loss``, logits at every position), or with
-    ``trained_logits_only`` ftlab.train's (``ftlab.loss.forward_loss``: the output layer only
+    ``trained_logits_only`` ftlab.train's (``ftlab.training.forward_loss``: the output layer only
     where a label exists)."""
     from ftlab.training.loss import forward_loss
 

@@ -24,6 +24,7 @@ the probes (<= 10 points). The default run takes about 7-8 minutes on 2 idle cor
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import tempfile
@@ -48,7 +49,7 @@ def sample_test_records(records, n: int, seed: int = 0) -> list[dict]:
     return picked
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m ftlab.bench.quality", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m-instruct", help="any name ftlab.load_model accepts")
@@ -76,68 +77,73 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--show", type=int, default=6, help="changed examples to print")
     args = p.parse_args(argv)
+    from ftlab.data import TASKS
 
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from ftlab import TrainConfig, load_model, train
-    from ftlab.data.course import SYSTEM_PROMPT, TASKS, load_course_data, mix_replay
-    from ftlab.evaluate.harness import comparison_from_results, evaluate_model, forgetting_report, probe_accuracy
-
-    t_start = time.perf_counter()
-    phases = {}
-    tasks = TASKS if args.tasks == "all" else tuple(t.strip() for t in args.tasks.split(","))
-    unknown = set(tasks) - set(TASKS)
+    args.tasks = TASKS if args.tasks == "all" else tuple(t.strip() for t in args.tasks.split(","))
+    unknown = set(args.tasks) - set(TASKS)
     if unknown:
         p.error(f"--tasks: unknown {sorted(unknown)}; the course tasks are {', '.join(TASKS)}")
-    train_records = [r for r in load_course_data("instructions", "train") if r["task"] in tasks]
-    val_records = [r for r in load_course_data("instructions", "validation") if r["task"] in tasks][:32]
-    test_pool = [r for r in load_course_data("instructions", "test") if r["task"] in tasks]
-    test_records = sample_test_records(test_pool, args.n_test, args.seed)
-    probes = None if args.no_probes else load_course_data("probes")[: args.n_probes]
+    return args
+
+
+def load_data(args) -> dict:
+    """Train / validation / test records of the chosen tasks, the replay mix and the probes."""
+    from ftlab.data import SYSTEM_PROMPT, load_course_data, mix_replay
+
+    split = {name: [r for r in load_course_data("instructions", name) if r["task"] in args.tasks]
+             for name in ("train", "validation", "test")}
+    data = {"train": split["train"], "val": split["validation"][:32], "test_pool": split["test"],
+            "test": sample_test_records(split["test"], args.n_test, args.seed),
+            "probes": None if args.no_probes else load_course_data("probes")[: args.n_probes]}
     if args.system_prompt == "course":
         # A system prompt is part of the data: tying the task to it is a cheap guard against forgetting.
-        train_records, val_records, test_records = (
-            [{**r, "system": SYSTEM_PROMPT} for r in rs] for rs in (train_records, val_records, test_records))
-    n_task_records = len(train_records)
+        for key in ("train", "val", "test"):
+            data[key] = [{**r, "system": SYSTEM_PROMPT} for r in data[key]]
+    data["n_task"] = len(data["train"])
     if args.replay:
-        train_records = mix_replay(train_records, load_course_data("general_replay"), args.replay, seed=args.seed)
+        data["train"] = mix_replay(data["train"], load_course_data("general_replay"), args.replay, seed=args.seed)
+    return data
 
+
+def print_setup(args, data):
+    import torch
+
+    test, n_task = data["test"], data["n_task"]
     print(f"ftlab quality benchmark  model={args.model}  torch threads={torch.get_num_threads()}  "
           f"started {time.strftime('%Y-%m-%d %H:%M:%S')}")
-    per_task = ", ".join(f"{t}={sum(r['task'] == t for r in test_records)}" for t in tasks)
-    print(f"test sample: {len(test_records)} of {len(test_pool)} test-split examples ({per_task}); "
-          f"a score's 95% CI is about ±1.96·sd/√n, ±{1.96 * 0.5 / len(test_records) ** 0.5:.3f} at worst "
+    per_task = ", ".join(f"{t}={sum(r['task'] == t for r in test)}" for t in args.tasks)
+    print(f"test sample: {len(test)} of {len(data['test_pool'])} test-split examples ({per_task}); "
+          f"a score's 95% CI is about ±1.96·sd/√n, ±{1.96 * 0.5 / len(test) ** 0.5:.3f} at worst "
           "(sd 0.5, scores 0/1); the paired difference's CI is usually narrower")
     print(f"training: LoRA r={args.rank} alpha={2 * args.rank} lr={args.lr} steps={args.steps} "
-          f"batch={args.batch_size} on {n_task_records} task examples"
-          + (f" + {len(train_records) - n_task_records} general replay examples ({args.replay:.0%} of the mix)"
+          f"batch={args.batch_size} on {n_task} task examples"
+          + (f" + {len(data['train']) - n_task} general replay examples ({args.replay:.0%} of the mix)"
              if args.replay else "")
           + f" ({args.steps * args.batch_size} seen), system prompt: {args.system_prompt}")
-    print(f"probes: {0 if probes is None else len(probes)} general questions the base model answers correctly")
+    print(f"probes: {0 if data['probes'] is None else len(data['probes'])} general questions the base model "
+          "answers correctly")
 
-    t = time.perf_counter()
-    model, tok = load_model(args.model, seed=args.seed)
-    phases["load"] = time.perf_counter() - t
-    eval_kw = dict(max_new_tokens=args.max_new_tokens, batch_size=args.eval_batch_size, seed=args.seed)
 
-    def evaluate(m, name):
-        """Score ``m`` on the test sample and (unless --no-probes) the probes; time both phases."""
-        res = evaluate_model(m, tok, test_records, name=name, **eval_kw)
-        phases[f"eval {name}"] = res.seconds
-        print(res.summary())
-        probe_res = None
-        if probes is not None:
-            probe_res = probe_accuracy(m, tok, probes, name=name, batch_size=args.eval_batch_size)
-            phases[f"probes {name}"] = probe_res.seconds
-            print(f"probes: {probe_res.accuracy:.3f}")
-        return res, probe_res
+def evaluate(model, tok, data, args, name, phases):
+    """Score ``model`` on the test sample and (unless --no-probes) the probes; time both phases."""
+    from ftlab.evaluate import evaluate_model, probe_accuracy
 
-    print("\n[1/4] base model on the test sample", flush=True)
-    base, base_probes = evaluate(model, "base")
+    res = evaluate_model(model, tok, data["test"], name=name, max_new_tokens=args.max_new_tokens,
+                         batch_size=args.eval_batch_size, seed=args.seed)
+    phases[f"eval {name}"] = res.seconds
+    print(res.summary())
+    probe_res = None
+    if data["probes"] is not None:
+        probe_res = probe_accuracy(model, tok, data["probes"], name=name, batch_size=args.eval_batch_size)
+        phases[f"probes {name}"] = probe_res.seconds
+        print(f"probes: {probe_res.accuracy:.3f}")
+    return res, probe_res
 
-    print(f"\n[2/4] LoRA fine-tuning, {args.steps} steps", flush=True)
+
+def finetune(model, tok, data, args, phases):
+    """LoRA with ftlab.train; prints the loss summary, the wall time and the peak memory."""
+    from ftlab.training import TrainConfig, train
+
     with tempfile.TemporaryDirectory(prefix="ftlab-quality-") as out:
         config = TrainConfig(method="lora", lora_rank=args.rank, lora_alpha=2 * args.rank,
                              lr=args.lr, scheduler="cosine", warmup_steps=max(1, args.steps // 20),
@@ -145,9 +151,8 @@ def main(argv=None) -> int:
                              batching="group", eval_every=0, output_dir=out, save_final=False,
                              log_to=("jsonl",), seed=args.seed)
         t = time.perf_counter()
-        result = train(model, tok, train_records, val_records, config=config)
+        result = train(model, tok, data["train"], data["val"], config=config)
         phases["train"] = time.perf_counter() - t
-    tuned_model = result.model
     losses = [h["loss"] for h in result.train_history]
     vals = [h["val_loss"] for h in result.eval_history]
     k = max(1, len(losses) // 10)
@@ -156,46 +161,77 @@ def main(argv=None) -> int:
     peak = max(h["peak_memory_mb"] for h in result.train_history)
     print(f"training wall time {phases['train']:.0f}s ({phases['train'] / max(1, args.steps):.1f}s/step); "
           f"peak memory {peak / 1024:.2f} GiB ({'allocated on the GPU' if next(model.parameters()).device.type == 'cuda' else 'process RSS'})")
+    return result.model
 
-    print("\n[3/4] fine-tuned model on the same test sample", flush=True)
-    tuned, tuned_probes = evaluate(tuned_model, "lora")
 
-    print("\n[4/4] comparison", flush=True)
-    cmp = comparison_from_results({"base": base, "lora": tuned},
-                                  {"base": base_probes, "lora": tuned_probes} if probes is not None else None,
-                                  seed=args.seed)
-    print(cmp.text)
+def print_changes(cmp, show: int):
     counts = cmp.change_counts()
     print(f"per example: {counts['better']} better, {counts['worse']} worse, {counts['same']} unchanged")
     changes = cmp.changes()
-    if len(changes) and args.show:
-        print(f"\nexamples that changed (biggest gains first, then the worst losses; {args.show} shown):")
-        shown = changes.head(args.show - args.show // 3)
-        losses_view = changes[changes["delta"] < 0].tail(args.show // 3)
+    if len(changes) and show:
+        print(f"\nexamples that changed (biggest gains first, then the worst losses; {show} shown):")
+        shown = changes.head(show - show // 3)
+        losses_view = changes[changes["delta"] < 0].tail(show // 3)
         for _, row in list(shown.iterrows()) + list(losses_view.iterrows()):
             print(f"  [{row['task']}] Δ{row['delta']:+.2f}  reference: {row['reference']!r}")
             print(f"      base: {row['prediction_base'][:110]!r}")
             print(f"      lora: {row['prediction_lora'][:110]!r}")
 
+
+def write_predictions(path, base, tuned):
+    with open(path, "w", encoding="utf-8") as f:
+        for b, t in zip(base.examples, tuned.examples):
+            f.write(json.dumps({"task": b.get("task"), "reference": b.get("reference"),
+                                "base": b.get("prediction"), "base_score": b.get("score"),
+                                "lora": t.get("prediction"), "lora_score": t.get("score")},
+                               ensure_ascii=False) + "\n")
+    print(f"wrote every answer to {path}")
+
+
+def print_forgetting(base_probes, tuned_probes):
+    from ftlab.evaluate import forgetting_report
+
+    forgetting = forgetting_report(base_probes, tuned_probes)
+    print(f"\nforgetting: probe accuracy {forgetting['before']:.3f} -> {forgetting['after']:.3f} "
+          f"(change {forgetting['change']:+.3f}, 95% CI {forgetting['change_ci'][0]:+.3f} .. "
+          f"{forgetting['change_ci'][1]:+.3f}); lost {len(forgetting['lost'])}, gained {len(forgetting['gained'])}")
+    for question, answer in forgetting["lost"][:5]:
+        print(f"  lost: {question!r} -> {answer[:90]!r}")
+    return forgetting
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from ftlab import load_model
+    from ftlab.evaluate import comparison_from_results
+
+    t_start, phases = time.perf_counter(), {}
+    data = load_data(args)
+    print_setup(args, data)
+    t = time.perf_counter()
+    model, tok = load_model(args.model, seed=args.seed)
+    phases["load"] = time.perf_counter() - t
+
+    print("\n[1/4] base model on the test sample", flush=True)
+    base, base_probes = evaluate(model, tok, data, args, "base", phases)
+    print(f"\n[2/4] LoRA fine-tuning, {args.steps} steps", flush=True)
+    tuned_model = finetune(model, tok, data, args, phases)
+    print("\n[3/4] fine-tuned model on the same test sample", flush=True)
+    tuned, tuned_probes = evaluate(tuned_model, tok, data, args, "lora", phases)
+
+    print("\n[4/4] comparison", flush=True)
+    probes = data["probes"] is not None
+    cmp = comparison_from_results({"base": base, "lora": tuned},
+                                  {"base": base_probes, "lora": tuned_probes} if probes else None, seed=args.seed)
+    print(cmp.text)
+    print_changes(cmp, args.show)
     if args.predictions:
-        import json
-
-        with open(args.predictions, "w", encoding="utf-8") as f:
-            for b, t in zip(base.examples, tuned.examples):
-                f.write(json.dumps({"task": b.get("task"), "reference": b.get("reference"),
-                                    "base": b.get("prediction"), "base_score": b.get("score"),
-                                    "lora": t.get("prediction"), "lora_score": t.get("score")},
-                                   ensure_ascii=False) + "\n")
-        print(f"wrote every answer to {args.predictions}")
-
-    forgetting = None
-    if probes is not None:
-        forgetting = forgetting_report(base_probes, tuned_probes)
-        print(f"\nforgetting: probe accuracy {forgetting['before']:.3f} -> {forgetting['after']:.3f} "
-              f"(change {forgetting['change']:+.3f}, 95% CI {forgetting['change_ci'][0]:+.3f} .. "
-              f"{forgetting['change_ci'][1]:+.3f}); lost {len(forgetting['lost'])}, gained {len(forgetting['gained'])}")
-        for question, answer in forgetting["lost"][:5]:
-            print(f"  lost: {question!r} -> {answer[:90]!r}")
+        write_predictions(args.predictions, base, tuned)
+    forgetting = print_forgetting(base_probes, tuned_probes) if probes else None
 
     total = time.perf_counter() - t_start
     print("\nwall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in phases.items()) + f"; total {total:.0f}s "
@@ -205,7 +241,7 @@ def main(argv=None) -> int:
     probe_change = forgetting["change"] if forgetting else 0.0
     met = low >= MIN_GAIN and probe_change >= -MAX_PROBE_DROP
     print(f"quality_gain={gain:+.3f} ci=[{low:+.3f}, {high:+.3f}] base={base.score:.3f} lora={tuned.score:.3f} "
-          f"probes_change={probe_change:+.3f} n_test={len(test_records)} steps={args.steps} "
+          f"probes_change={probe_change:+.3f} n_test={len(data['test'])} steps={args.steps} "
           f"target_met={'yes' if met else 'no'} (needs ci_low >= {MIN_GAIN} and probe drop <= {MAX_PROBE_DROP})")
     return 0
 

@@ -182,7 +182,7 @@ def measure_matmul_flops(device, dtype, shapes, min_seconds: float = 0.4) -> dic
 
 def compute_params(model) -> int:
     """Weights that take part in a matmul: all, minus the input embedding unless it is tied to the output layer."""
-    from ftlab.training.methods import count_parameters
+    from ftlab.training.parameters import count_parameters
 
     total = count_parameters(model)[1]
     embedding = model.get_input_embeddings().weight
@@ -215,7 +215,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> dict:
-    from ftlab.training.methods import count_parameters
+    from ftlab.training.parameters import count_parameters
     from ftlab.models import load_model, pick_device
 
     args = parse_args(argv)

@@ -6,8 +6,8 @@ with their hints; ``ftlab/exercises/checkers.py`` says how answers are compared.
 
 from __future__ import annotations
 
-
 from ftlab.exercises.checkers import Choice, Function, exercise
+from ftlab.exercises.nb01_data_preparation import _DATE_RECORD, _smollm2_tokenizer  # the same record and tokenizer as 01
 
 
 # =========================================================================== notebook 05 (helper N4)

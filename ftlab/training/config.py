@@ -1,6 +1,6 @@
 """What a training run is asked to do (:class:`TrainConfig`) and what it gives back (:class:`TrainResult`).
 
-The loop itself lives in ``ftlab/training.py``; keeping the ~50 settings here lets that file read
+The loop itself lives in ``ftlab/training/loop.py``; keeping the ~50 settings here lets that file read
 as one story from set-up to saving. Every field is documented where it is declared, and a config
 is saved next to each run as ``config.yaml`` and ``config.json``, so a run can always be repeated:
 ``TrainConfig.from_yaml("runs/x/config.yaml")``.
@@ -42,7 +42,7 @@ class TrainConfig:
 
     # --- where the run goes
     output_dir: str = "runs/ftlab"  # run folder: config, logs, checkpoints/, final/
-    # --- what is trained (see ftlab.methods)
+    # --- what is trained (see ftlab.training.methods)
     method: str = "lora"  # full | lora | dora | qlora | freeze | ia3 | prompt_tuning
     lora_rank: int = 16  # LoRA r: rank of the update B·A
     lora_alpha: float = 32  # LoRA scale numerator: the update is multiplied by alpha / r
@@ -51,7 +51,7 @@ class TrainConfig:
     use_dora: bool = False  # DoRA: LoRA plus a learned magnitude per output channel
     freeze_layers: int | None = None  # method "freeze": freeze the first N decoder layers ...
     trainable_layers: int | None = None  # ... or train only the last N (give one of the two)
-    # --- optimizer and schedule (see ftlab.optim)
+    # --- optimizer and schedule (see ftlab.training.optim)
     optimizer: str = "adamw"  # adamw | sgd | adamw_8bit (CUDA only)
     lr: float = 2e-4  # peak learning rate
     weight_decay: float = 0.0  # decoupled weight decay; never applied to biases and norms
@@ -66,7 +66,7 @@ class TrainConfig:
     batch_size: int = 8  # examples per micro-batch on each process
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     max_length: int = 512  # longer examples are truncated (and counted); the row length for packing
-    batching: str = "pad"  # pad | group (length-grouped) | pack (see ftlab.batching)
+    batching: str = "pad"  # pad | group (length-grouped) | pack (see ftlab.data.batching)
     train_on: str = "assistant"  # assistant | last | all: which tokens are trained
     shuffle: bool = True  # a new seeded order every epoch (False: the order given)
     # --- speed and memory

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ftlab.data.batching import model_inputs
-from ftlab.training.methods import is_peft_model
+from ftlab.training.parameters import is_peft_model
 
 IGNORE_INDEX = -100
 
