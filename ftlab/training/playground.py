@@ -10,7 +10,8 @@ the adapter), so :meth:`Playground.load_runs` brings earlier sessions back into 
 
 This module is the part that computes; it needs no browser. :class:`Playground` holds the data,
 the runs and the table; :meth:`Playground.run` trains once and returns the table row, so a notebook
-cell (and nbval) can call and assert it. ``ftlab.training.playground_panel`` puts widgets on top.
+cell (and nbval) can call and assert it. ``ftlab.training.playground_panel`` puts widgets on top
+(``ftlab.playground()`` opens both).
 
 Sizes come from the profile (``ftlab.get_profile()``): a run takes seconds in ``ci`` and well under
 a minute on the laptop profile with the default settings.
@@ -79,7 +80,7 @@ def qlora_problem(device_type: str) -> str | None:
         try:
             import torch
 
-            from ftlab.training.methods import quantize_model_nf4
+            from ftlab.training import quantize_model_nf4
 
             layer = torch.nn.Sequential(torch.nn.Linear(64, 64)).to(device_type)
             quantize_model_nf4(layer)
@@ -335,9 +336,3 @@ class Playground:
         buf = io.BytesIO()
         self.figure(highlight).savefig(buf, format="png", dpi=80)
         return buf.getvalue()
-
-    def panel(self):
-        """The widget panel (sliders, Run and Stop, live plot, table): ``ftlab.training.playground_panel``."""
-        from ftlab.training.playground_panel import PlaygroundPanel
-
-        return PlaygroundPanel(self)
