@@ -140,7 +140,8 @@ class PlaygroundPanel(widgets.VBox):
     def _table_html(self) -> str:
         if not self.playground.rows:
             return "<i>no runs yet</i>"
-        return self.playground.table().to_html(float_format=lambda v: f"{v:.4g}", na_rep="-", classes="ftlab-runs")
+        return self.playground.table().reset_index().to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-",
+                                                             classes="ftlab-runs")
 
 
 def playground(profile=None, **kwargs) -> PlaygroundPanel:
