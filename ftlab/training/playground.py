@@ -55,7 +55,7 @@ class Settings:
     def for_profile(cls, profile: Profile) -> "Settings":
         """Defaults sized so that one run takes seconds (ci) or well under a minute (laptop)."""
         return cls(method="lora", lr=profile.lora_learning_rate, lora_rank=profile.lora_rank,
-                   steps=max(3, min(profile.short_steps, 12)), batch_size=max(2, profile.batch_size // 2),
+                   steps=max(3, min(profile.short_steps, 8)), batch_size=max(2, profile.batch_size // 2),
                    warmup=0, packing=False)
 
     def label(self) -> str:
@@ -195,7 +195,6 @@ class Playground:
         self.rows: list[dict] = []  # the comparison table, one row per run (this session's and reloaded ones)
         self.curves: dict[str, list[dict]] = {}  # run name -> its history
         self.stop_event = threading.Event()
-        self._tokenizer = None
 
     # ---- settings
 
@@ -246,8 +245,7 @@ class Playground:
             eval_batches=1, save_final=settings.method != "full" or self.keep_full_weights,
             log_to=("jsonl",), progress=False, seed=0)
         t0 = time.time()
-        model, tok = ftlab.load_model(self.profile.model_name)
-        self._tokenizer = tok
+        model, tok = ftlab.load_model(self.profile.model_name)  # a fresh copy of the base model every run
         watcher = _RunWatcher(self.stop_event, on_step)
         self.curves[name] = watcher.records  # filled while training: a live plot reads it
         result = train(model, tok, self.train_records, eval_data=self.val_records, config=config, callbacks=[watcher])
