@@ -31,6 +31,7 @@ _EXPORTS = {
     "load_course_data": "data.course", "score_example": "data.course",
     "prepare_model": "training.methods", "count_parameters": "training.parameters",
     "TrainConfig": "training.config", "TrainResult": "training.config", "train": "training.loop",
+    "Playground": "training.playground", "playground": "training.playground_panel",
     "estimate_memory": "memory.estimator", "estimate_inference_memory": "memory.inference",
     "HARDWARE": "memory.hardware",
     "evaluate_model": "evaluate.harness", "compare_models": "evaluate.compare",
