@@ -101,7 +101,8 @@ def grpo_step(model, tokenizer, prompts: list[dict], reward_fns, config, reward_
     with torch.no_grad(), reference_model(model) as ref:
         ref_logps = token_logprobs(ref, batch, temperature=config.temperature)
     loss, metrics = grpo_loss(logps, logps.detach(), ref_logps, advantages.to(device), mask, epsilon=config.epsilon,
-                              beta=config.kl_beta, loss_type=config.grpo_loss_type)
+                              beta=config.kl_beta, loss_type=config.grpo_loss_type,
+                              kl_ratio_correction=config.kl_ratio_correction)
     grouped = rewards.view(-1, G)
     record = {"loss": loss.item(), "reward": rewards.mean().item(), "reward_std": grouped.std(1).mean().item(),
               "zero_std_groups": (grouped.std(1) == 0).float().mean().item(),

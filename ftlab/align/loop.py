@@ -48,6 +48,7 @@ class AlignConfig(TrainConfig):
     max_new_tokens: int = 48  # GRPO: completion length cap
     epsilon: float = 0.2  # GRPO: ratio clipping
     kl_beta: float = 0.04  # GRPO: weight of the k3 KL to the reference
+    kl_ratio_correction: bool = True  # GRPO: KL x probability ratio (unbiased KL gradient, as TRL)
     grpo_loss_type: str = "grpo"  # grpo (per sequence) | bnpo (per token)
 
     def _check(self):

@@ -110,7 +110,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True,
 
 
 def grpo_loss(logps, old_logps, ref_logps, advantages, mask, epsilon: float = 0.2, epsilon_high: float | None = None,
-              beta: float = 0.04, loss_type: str = "grpo"):
+              beta: float = 0.04, loss_type: str = "grpo", kl_ratio_correction: bool = True):
     """The GRPO objective (Shao et al. 2024), per token, to *minimise*.
 
     Per completion token: ``-min(r * A, clip(r, 1 - eps, 1 + eps_high) * A) + beta * KL``, with
@@ -120,6 +120,9 @@ def grpo_loss(logps, old_logps, ref_logps, advantages, mask, epsilon: float = 0.
     ``loss_type="grpo"``: mean over each completion's tokens, then over completions (every completion
     weighs the same); ``"bnpo"``: mean over all tokens of the batch (every token weighs the same).
     All per-token tensors are ``(N, T)``; ``mask`` is 1 on completion tokens.
+    ``kl_ratio_correction`` multiplies the KL by ``r`` (1 in value, but not in gradient): the k3 estimate
+    is then an unbiased reverse-KL *gradient* for samples drawn by the old policy (DeepSeek-V3.2; TRL's
+    default since 1.x).
     """
     mask = mask.to(logps.dtype)
     advantages = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
@@ -130,6 +133,8 @@ def grpo_loss(logps, old_logps, ref_logps, advantages, mask, epsilon: float = 0.
     if beta != 0.0:
         diff = ref_logps - logps
         kl = torch.exp(diff) - diff - 1
+        if kl_ratio_correction:
+            kl = kl * ratio
         per_token = per_token + beta * kl
     if loss_type == "grpo":
         loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
