@@ -16,8 +16,9 @@ _EXPORTS = {
     "grpo_loss": "losses",
     "RewardError": "rewards", "json_reward": "rewards", "label_reward": "rewards", "format_reward": "rewards",
     "task_reward": "rewards", "length_reward": "rewards", "score_completions": "rewards",
-    "grpo_prompts": "grpo", "sample_completions": "grpo", "completion_batch": "grpo", "grpo_step": "grpo",
+    "grpo_prompts": "grpo", "sample_completions": "grpo", "completion_batch": "grpo", "grpo_step": "grpo", "grpo_batch_loss": "grpo",
     "train_grpo": "grpo",
+    "implicit_margins": "evaluate", "kl_from_reference": "evaluate", "step_peak_mb": "evaluate",
     "LOSSES": "loop", "AlignConfig": "loop", "preference_loss": "loop", "step_indices": "loop",
     "run_steps": "loop", "train_preferences": "loop",
 }

@@ -82,17 +82,8 @@ def completion_batch(prompt_ids, completion_ids, pad_token_id: int = 0) -> dict:
     return collate(rows, pad_token_id=pad_token_id)
 
 
-def grpo_step(model, tokenizer, prompts: list[dict], reward_fns, config, reward_weights=None):
-    """Sample, score and compute the GRPO loss for ``prompts``; returns ``(loss, record)`` (no backward).
-
-    ``config``: an ``AlignConfig`` (num_generations, temperature, max_new_tokens, epsilon, kl_beta,
-    grpo_loss_type).
-    """
-    G = config.num_generations
-    samples = sample_completions(model, tokenizer, prompts, G, config.temperature, config.max_new_tokens)
-    group_records = [p for p in prompts for _ in range(G)]
-    rewards = score_completions(reward_fns, samples["texts"], group_records, reward_weights)
-    advantages = group_advantages(rewards, G)
+def grpo_batch_loss(model, tokenizer, samples: dict, advantages: torch.Tensor, config):
+    """The GRPO loss of sampled completions with given advantages (the update half of a step)."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in completion_batch(samples["prompt_ids"], samples["completion_ids"], pad_id).items()}
@@ -103,11 +94,25 @@ def grpo_step(model, tokenizer, prompts: list[dict], reward_fns, config, reward_
     loss, metrics = grpo_loss(logps, logps.detach(), ref_logps, advantages.to(device), mask, epsilon=config.epsilon,
                               beta=config.kl_beta, loss_type=config.grpo_loss_type,
                               kl_ratio_correction=config.kl_ratio_correction)
+    return loss, {**{k: v.item() for k, v in metrics.items()}, "tokens": int(batch["attention_mask"].sum())}
+
+
+def grpo_step(model, tokenizer, prompts: list[dict], reward_fns, config, reward_weights=None):
+    """Sample, score and compute the GRPO loss for ``prompts``; returns ``(loss, record, samples)`` (no backward).
+
+    ``config``: an ``AlignConfig`` (num_generations, temperature, max_new_tokens, epsilon, kl_beta,
+    grpo_loss_type).
+    """
+    G = config.num_generations
+    samples = sample_completions(model, tokenizer, prompts, G, config.temperature, config.max_new_tokens)
+    group_records = [p for p in prompts for _ in range(G)]
+    rewards = score_completions(reward_fns, samples["texts"], group_records, reward_weights)
+    samples["rewards"] = rewards
+    loss, metrics = grpo_batch_loss(model, tokenizer, samples, group_advantages(rewards, G), config)
     grouped = rewards.view(-1, G)
     record = {"loss": loss.item(), "reward": rewards.mean().item(), "reward_std": grouped.std(1).mean().item(),
               "zero_std_groups": (grouped.std(1) == 0).float().mean().item(),
-              "completion_chars": sum(len(t) for t in samples["texts"]) / len(samples["texts"]),
-              "tokens": int(batch["attention_mask"].sum()), **{k: v.item() for k, v in metrics.items()}}
+              "completion_chars": sum(len(t) for t in samples["texts"]) / len(samples["texts"]), **metrics}
     return loss, record, samples
 
 
