@@ -198,7 +198,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m ftlab.bench.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2-135m-instruct", help="tiny | smollm2-135m-instruct | a HF id (default %(default)s)")
     p.add_argument("--method", default="full", help="method for parts 1 and 2: full | lora | qlora | ... (default %(default)s)")
-    p.add_argument("--parts", default="trainer,batching,roofline", help="comma list of trainer, batching, roofline")
+    p.add_argument("--parts", default="trainer,batching,roofline,trl",
+                   help="comma list of trainer, batching, roofline, trl (SFT vs TRL's SFTTrainer)")
     p.add_argument("--steps", type=int, default=3, help="timed optimizer steps per run (default %(default)s)")
     p.add_argument("--warmup", type=int, default=1, help="untimed first steps per run, >= 1 (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=16, help="examples per padded batch in parts 2 and 3 (default %(default)s)")
@@ -223,9 +224,9 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
-    unknown = parts - {"trainer", "batching", "roofline"}
+    unknown = parts - {"trainer", "batching", "roofline", "trl"}
     if unknown:
-        raise SystemExit(f"--parts: unknown {sorted(unknown)}; choose from trainer, batching, roofline")
+        raise SystemExit(f"--parts: unknown {sorted(unknown)}; choose from trainer, batching, roofline, trl")
     model, tokenizer = load_model(args.model, device=args.device)
     n_compute, n_total = compute_params(model), count_parameters(model)[1]
     hidden, inter, vocab = model.config.hidden_size, model.config.intermediate_size, model.config.vocab_size
@@ -265,6 +266,20 @@ def main(argv=None) -> dict:
         print(f"    ratio ftlab / Trainer = {ratio:.3f}x   (target >= {TARGETS['vs_trainer']:.1f}x); the equal mean "
               "losses show both did the same computation")
         report["trainer"] = {"ftlab": runs["ftlab"], "trainer": runs["trainer"], "ratio": ratio}
+
+    # ---- 1b. ftlab vs TRL's SFTTrainer: completion-only loss, same examples in the same order, padded
+    # (TRL's padding-free packing needs flash-attention kernels, which a CPU does not have)
+    if "trl" in parts:
+        from ftlab.bench.align import run_trl_sft
+
+        ours = run_ftlab(args, tokenizer, examples, "pad", args.trainer_batch_size, shuffle=False)
+        theirs = run_trl_sft(args.model, tokenizer, examples, args.trainer_batch_size, args.steps, args.warmup, args.lr,
+                             args.method, args.lora_rank, args.device)
+        ratio = ours["useful_tok_s"] / theirs["useful_tok_s"]
+        print(f"\n[1b] ftlab vs TRL SFTTrainer (completion-only loss, batch {args.trainer_batch_size}, padded, same order): "
+              f"{ours['useful_tok_s']:.1f} vs {theirs['useful_tok_s']:.1f} tokens/s, mean loss {ours['mean_loss']:.5f} "
+              f"vs {theirs['mean_loss']:.5f}")
+        report["trl_sft"] = {"ftlab": ours, "trl": theirs, "ratio": ratio}
 
     # ---- 2. padding vs grouping vs packing
     pack_run = None
@@ -320,6 +335,8 @@ def main(argv=None) -> dict:
     rows = []
     if "trainer" in report:
         rows.append(("ftlab / Trainer tokens/s", report["trainer"]["ratio"], TARGETS["vs_trainer"], "x"))
+    if "trl_sft" in report:
+        rows.append(("ftlab / TRL SFTTrainer tok/s", report["trl_sft"]["ratio"], TARGETS["vs_trainer"], "x"))
     if "batching" in report:
         rows.append(("pack / pad useful tokens/s", report["batching"]["pack_vs_pad"], TARGETS["pack_vs_pad"], "x"))
     if "roofline" in report:
