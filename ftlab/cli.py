@@ -4,6 +4,7 @@
     ftlab prefetch [--force]          convert the offline model once (and fetch hub models for offline use)
     ftlab train --config run.yaml     the training loop outside notebooks
     ftlab estimate --model ... ...    the VRAM estimator's breakdown
+    ftlab workshop plan --participants N [--device dgx-spark]   memory plan for a class on one machine
 """
 
 from __future__ import annotations
@@ -71,18 +72,24 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="ftlab", description="ftlab: the fine-tuning course's command line")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("doctor", help="check this machine for the course")
+    d = sub.add_parser("doctor", help="check this machine for the course")
+    d.add_argument("--gpu", action="store_true", help="also run the GPU preflight (make gpu-check): training paths and memory on CUDA")
     p = sub.add_parser("prefetch", help="prepare models for offline use")
     p.add_argument("--force", action="store_true", help="re-convert the offline model even if the cache looks fine")
     p.add_argument("--model", action="append", help="also download this hub model (alias or id); repeatable")
     sub.add_parser("train", help="train from a YAML config (see configs/)", add_help=False)
     sub.add_parser("estimate", help="estimate training memory", add_help=False)
+    sub.add_parser("workshop", help="plan a workshop on one shared machine (workshop plan --help)", add_help=False)
 
+    if argv and argv[0] == "workshop":
+        from ftlab.workshop import cli_main as workshop_main
+
+        return workshop_main(argv[1:])
     if argv and argv[0] in ("train", "estimate"):
         # These two own their flags; hand the rest of the line over unchanged.
         if argv[0] == "train":
             return _train(argv[1:])
-        from ftlab.memory.estimator import cli_main
+        from ftlab.memory import cli_main
 
         return int(cli_main(argv[1:]) or 0)
 
@@ -90,7 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "doctor":
         from ftlab.system import doctor
 
-        return 0 if doctor().ok else 1
+        ok = doctor().ok
+        if args.gpu:
+            from ftlab.memory.gpu_check import main as gpu_check
+
+            ok = (gpu_check([]) == 0) and ok
+        return 0 if ok else 1
     if args.command == "prefetch":
         return _prefetch(args)
     return 2

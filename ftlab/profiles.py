@@ -44,10 +44,21 @@ class Profile:
     lora_rank: int
     learning_rate: float  # full fine-tuning
     lora_learning_rate: float
+    eval_batch_size: int = 16  # prompts per generation batch of notebook 06's evaluations
 
     @property
     def is_ci(self) -> bool:
         return self.name == "ci"
+
+    @property
+    def run_batch(self) -> int:
+        """Examples per step of the notebooks' method runs (03, 04, 06; 05's stop-token runs)."""
+        return max(2, self.batch_size // 2)
+
+    @property
+    def quick_batch(self) -> int:
+        """Examples per step of the short side-by-side runs of notebooks 01 and 02."""
+        return max(2, self.batch_size // 4)
 
     def as_dict(self) -> dict:
         return asdict(self)

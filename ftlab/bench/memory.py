@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ftlab.training.loss import count_trained_tokens
-from ftlab.memory.estimator import _fmt, estimate_memory
+from ftlab.memory import estimate_memory
+from ftlab.memory.breakdown import _fmt
 
 
 @dataclass
@@ -262,7 +263,7 @@ def accelerate_training_bytes(model) -> int:
 
 
 def estimate_for(cfg: Config, device: str, trained_tokens: int | None = None):
-    from ftlab.memory.estimator import get_architecture
+    from ftlab.memory import get_architecture
     from ftlab.models import smollm2_dir
 
     arch = get_architecture("tiny" if cfg.model == TINY else str(smollm2_dir()))
@@ -317,6 +318,10 @@ def main(argv=None) -> int:
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
     print(f"ftlab memory bench: device={device}, torch {torch.__version__}, {len(configs)} configurations, 2 training steps each")
+    from ftlab.memory.published import FIXTURE, compare_peft_metamathqa, format_comparison
+
+    if FIXTURE.exists():  # published GPU measurements (no GPU needed): see ftlab/memory/published.py
+        print(format_comparison(compare_peft_metamathqa()) + "\n")
     t0 = time.time()
     rows = run(configs, device)
     errs = [abs(r["error_pct"]) for r in rows]

@@ -198,7 +198,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m ftlab.bench.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2-135m-instruct", help="tiny | smollm2-135m-instruct | a HF id (default %(default)s)")
     p.add_argument("--method", default="full", help="method for parts 1 and 2: full | lora | qlora | ... (default %(default)s)")
-    p.add_argument("--parts", default="trainer,batching,roofline", help="comma list of trainer, batching, roofline")
+    p.add_argument("--parts", default="trainer,batching,roofline,trl",
+                   help="comma list of trainer, batching, roofline, trl (SFT vs TRL's SFTTrainer)")
     p.add_argument("--steps", type=int, default=3, help="timed optimizer steps per run (default %(default)s)")
     p.add_argument("--warmup", type=int, default=1, help="untimed first steps per run, >= 1 (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=16, help="examples per padded batch in parts 2 and 3 (default %(default)s)")
@@ -214,18 +215,114 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def bench_trainer(args, tokenizer, examples) -> dict:
+    """[1] ftlab vs transformers.Trainer on the same examples in the same order (best of the repeats)."""
+    print(f"\n[1] ftlab vs transformers.Trainer  (batch {args.trainer_batch_size}, padded, same order, "
+          f"{args.method}, fused AdamW, cosine, clip 1.0)")
+    runs = {"ftlab": [], "trainer": []}
+    order = ["ftlab", "trainer"] + (["trainer", "ftlab"] if args.repeats >= 2 else [])
+    for name in order:
+        if name == "ftlab":
+            r = run_ftlab(args, tokenizer, examples, "pad", args.trainer_batch_size, shuffle=False)
+        else:
+            r = run_trainer(args, tokenizer, examples, args.trainer_batch_size)
+        runs[name].append(r)
+        print(f"    {name:<8} {r['useful_tok_s']:8.1f} tokens/s   ({r['s_per_step']:.2f} s/step, {r['steps']} steps; "
+              f"mean loss {r['mean_loss']:.5f})")
+    best = {k: max(v, key=lambda r: r["useful_tok_s"]) for k, v in runs.items()}
+    ratio = best["ftlab"]["useful_tok_s"] / best["trainer"]["useful_tok_s"]
+    print(f"    ratio ftlab / Trainer = {ratio:.3f}x   (target >= {TARGETS['vs_trainer']:.1f}x); the equal mean "
+          "losses show both did the same computation")
+    return {"ftlab": runs["ftlab"], "trainer": runs["trainer"], "ratio": ratio}
+
+
+def bench_trl_sft(args, tokenizer, examples) -> dict:
+    """[1b] ftlab vs TRL's SFTTrainer: completion-only loss, same examples in the same order, padded.
+
+    (TRL's padding-free packing needs flash-attention kernels, which a CPU does not have.)"""
+    from ftlab.bench.align import run_trl_sft
+
+    ours = run_ftlab(args, tokenizer, examples, "pad", args.trainer_batch_size, shuffle=False)
+    theirs = run_trl_sft(args.model, tokenizer, examples, args.trainer_batch_size, args.steps, args.warmup, args.lr,
+                         args.method, args.lora_rank, args.device)
+    ratio = ours["useful_tok_s"] / theirs["useful_tok_s"]
+    print(f"\n[1b] ftlab vs TRL SFTTrainer (completion-only loss, batch {args.trainer_batch_size}, padded, same order): "
+          f"{ours['useful_tok_s']:.1f} vs {theirs['useful_tok_s']:.1f} tokens/s, mean loss {ours['mean_loss']:.5f} "
+          f"vs {theirs['mean_loss']:.5f}")
+    return {"ftlab": ours, "trl": theirs, "ratio": ratio}
+
+
+def bench_batching(args, tokenizer, examples, strategies, method) -> dict:
+    """[2] padding vs length grouping vs packing, at about the same number of tokens per step."""
+    pack_rows = max(1, round(args.batch_size * statistics.mean(len(e["input_ids"]) for e in examples) / args.max_length))
+    print(f"\n[2] batching  ({method}; pad/group: {args.batch_size} examples per batch; pack: {pack_rows} rows "
+          f"of {args.max_length} tokens, about the same tokens per step; shuffled)")
+    runs = {}
+    for strategy in strategies:
+        r = run_ftlab(args, tokenizer, examples, strategy, pack_rows if strategy == "pack" else args.batch_size,
+                      shuffle=True, method=method)
+        waste = 1 - r["useful_tokens"] / r["processed_tokens"]
+        runs[strategy] = {**r, "padding_waste": waste}
+        print(f"    {strategy:<6} {r['useful_tok_s']:8.1f} useful tokens/s   padding {100 * waste:4.1f} %   "
+              f"({r['s_per_step']:.2f} s/step, {r['useful_tokens'] / r['steps']:.0f} useful tokens/step)")
+    if "pad" in runs:
+        for strategy in ("group", "pack"):
+            runs[f"{strategy}_vs_pad"] = runs[strategy]["useful_tok_s"] / runs["pad"]["useful_tok_s"]
+        # If a step's time were proportional to the token slots it processes (pads included), removing
+        # padding could gain at most this much: the rest would have to come from bigger, better-shaped matmuls.
+        bound = (1 - runs["pack"]["padding_waste"]) / (1 - runs["pad"]["padding_waste"])
+        runs["pack_vs_pad_from_padding_alone"] = bound
+        print(f"    group / pad = {runs['group_vs_pad']:.2f}x   pack / pad = {runs['pack_vs_pad']:.2f}x   "
+              f"(target pack >= {TARGETS['pack_vs_pad']:.1f}x; removing the padding alone explains {bound:.2f}x)")
+    return runs
+
+
+def bench_roofline(args, pack_run, dtype, shapes, flops_before, n_compute) -> dict:
+    """[3] packed full fine-tuning against the matmul-limited tokens/s of this machine."""
+    flops_after = measure_matmul_flops(args.device, dtype, shapes)
+    flops = {s: max(flops_before[s], flops_after[s]) for s in flops_after}
+    peak = max(flops.values())
+    roof = peak / (6 * n_compute)
+    fraction = pack_run["processed_tok_s"] / roof
+    print(f"\n[3] full fine-tuning vs matmul FLOP/s ({str(dtype).replace('torch.', '')})")
+    print("    matmul GFLOP/s before / after the runs: " + ", ".join(
+        f"{s}: {flops_before[s] / 1e9:.1f} / {flops_after[s] / 1e9:.1f}" for s in flops))
+    print(f"    peak {peak / 1e9:.1f} GFLOP/s / (6 x {n_compute / 1e6:.1f} M) = {roof:.1f} tokens/s matmul-limited")
+    print(f"    full FT (packed) {pack_run['processed_tok_s']:.1f} tokens/s = {100 * fraction:.1f} % of it   "
+          f"(target >= {100 * TARGETS['full_ft_of_roofline']:.0f} %; {6 * n_compute * pack_run['processed_tok_s'] / 1e9:.1f} GFLOP/s achieved)")
+    return {"matmul_flops_before": flops_before, "matmul_flops_after": flops_after, "peak_flops": peak,
+            "roofline_tok_s": roof, "full_ft_tok_s": pack_run["processed_tok_s"], "fraction": fraction}
+
+
+def print_summary(report: dict, seconds: float):
+    print(f"\nsummary ({seconds:.0f} s; timings on a shared machine move with its load)")
+    rows = []
+    if "trainer" in report:
+        rows.append(("ftlab / Trainer tokens/s", report["trainer"]["ratio"], TARGETS["vs_trainer"], "x"))
+    if "trl_sft" in report:
+        rows.append(("ftlab / TRL SFTTrainer tok/s", report["trl_sft"]["ratio"], TARGETS["vs_trainer"], "x"))
+    if "batching" in report:
+        rows.append(("pack / pad useful tokens/s", report["batching"]["pack_vs_pad"], TARGETS["pack_vs_pad"], "x"))
+    if "roofline" in report:
+        rows.append(("full FT / matmul-limited", report["roofline"]["fraction"], TARGETS["full_ft_of_roofline"], ""))
+    for label, value, target, unit in rows:
+        shown = f"{value:.2f}{unit}" if unit else f"{100 * value:.1f} %"
+        goal = f"{target:.1f}{unit}" if unit else f"{100 * target:.0f} %"
+        print(f"    {label:<28} {shown:>9}   target >= {goal:<6} {'met' if value >= target else 'NOT met'}")
+
+
 def main(argv=None) -> dict:
-    from ftlab.training.parameters import count_parameters
     from ftlab.models import load_model, pick_device
+    from ftlab.training.parameters import count_parameters
 
     args = parse_args(argv)
     args.device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
-    unknown = parts - {"trainer", "batching", "roofline"}
+    unknown = parts - {"trainer", "batching", "roofline", "trl"}
     if unknown:
-        raise SystemExit(f"--parts: unknown {sorted(unknown)}; choose from trainer, batching, roofline")
+        raise SystemExit(f"--parts: unknown {sorted(unknown)}; choose from trainer, batching, roofline, trl")
     model, tokenizer = load_model(args.model, device=args.device)
     n_compute, n_total = compute_params(model), count_parameters(model)[1]
     hidden, inter, vocab = model.config.hidden_size, model.config.intermediate_size, model.config.vocab_size
@@ -245,89 +342,23 @@ def main(argv=None) -> dict:
     report = {"model": args.model, "method": args.method, "device": str(args.device), "threads": torch.get_num_threads(),
               "params": n_total, "compute_params": n_compute}
     t_start = time.time()
-
-    # ---- 1. ftlab vs Trainer
     if "trainer" in parts:
-        print(f"\n[1] ftlab vs transformers.Trainer  (batch {args.trainer_batch_size}, padded, same order, "
-              f"{args.method}, fused AdamW, cosine, clip 1.0)")
-        runs = {"ftlab": [], "trainer": []}
-        order = ["ftlab", "trainer"] + (["trainer", "ftlab"] if args.repeats >= 2 else [])
-        for name in order:
-            if name == "ftlab":
-                r = run_ftlab(args, tokenizer, examples, "pad", args.trainer_batch_size, shuffle=False)
-            else:
-                r = run_trainer(args, tokenizer, examples, args.trainer_batch_size)
-            runs[name].append(r)
-            print(f"    {name:<8} {r['useful_tok_s']:8.1f} tokens/s   ({r['s_per_step']:.2f} s/step, {r['steps']} steps; "
-                  f"mean loss {r['mean_loss']:.5f})")
-        best = {k: max(v, key=lambda r: r["useful_tok_s"]) for k, v in runs.items()}
-        ratio = best["ftlab"]["useful_tok_s"] / best["trainer"]["useful_tok_s"]
-        print(f"    ratio ftlab / Trainer = {ratio:.3f}x   (target >= {TARGETS['vs_trainer']:.1f}x); the equal mean "
-              "losses show both did the same computation")
-        report["trainer"] = {"ftlab": runs["ftlab"], "trainer": runs["trainer"], "ratio": ratio}
-
-    # ---- 2. padding vs grouping vs packing
+        report["trainer"] = bench_trainer(args, tokenizer, examples)
+    if "trl" in parts:
+        report["trl_sft"] = bench_trl_sft(args, tokenizer, examples)
     pack_run = None
     if "batching" in parts or "roofline" in parts:
-        mean_len = statistics.mean(lengths)
-        pack_rows = max(1, round(args.batch_size * mean_len / args.max_length))
-        strategies = ["pad", "group", "pack"] if "batching" in parts else ["pack"]
         method = args.method if "batching" in parts else "full"
-        print(f"\n[2] batching  ({method}; pad/group: {args.batch_size} examples per batch; pack: {pack_rows} rows "
-              f"of {args.max_length} tokens, about the same tokens per step; shuffled)")
-        runs = {}
-        for strategy in strategies:
-            r = run_ftlab(args, tokenizer, examples, strategy, pack_rows if strategy == "pack" else args.batch_size,
-                          shuffle=True, method=method)
-            waste = 1 - r["useful_tokens"] / r["processed_tokens"]
-            runs[strategy] = {**r, "padding_waste": waste}
-            print(f"    {strategy:<6} {r['useful_tok_s']:8.1f} useful tokens/s   padding {100 * waste:4.1f} %   "
-                  f"({r['s_per_step']:.2f} s/step, {r['useful_tokens'] / r['steps']:.0f} useful tokens/step)")
+        runs = bench_batching(args, tokenizer, examples, ["pad", "group", "pack"] if "batching" in parts else ["pack"],
+                              method)
         if "batching" in parts:
-            for strategy in ("group", "pack"):
-                runs[f"{strategy}_vs_pad"] = runs[strategy]["useful_tok_s"] / runs["pad"]["useful_tok_s"]
-            # If a step's time were proportional to the token slots it processes (pads included), removing
-            # padding could gain at most this much: the rest would have to come from bigger, better-shaped matmuls.
-            bound = (1 - runs["pack"]["padding_waste"]) / (1 - runs["pad"]["padding_waste"])
-            runs["pack_vs_pad_from_padding_alone"] = bound
-            print(f"    group / pad = {runs['group_vs_pad']:.2f}x   pack / pad = {runs['pack_vs_pad']:.2f}x   "
-                  f"(target pack >= {TARGETS['pack_vs_pad']:.1f}x; removing the padding alone explains {bound:.2f}x)")
             report["batching"] = runs
-        if method == "full":
-            pack_run = runs["pack"]
-
-    # ---- 3. full fine-tuning vs the matmul roofline
+        pack_run = runs["pack"] if method == "full" else None
     if "roofline" in parts:
-        if pack_run is None:  # parts 1/2 used another method: one packed full fine-tuning run
-            pack_rows = max(1, round(args.batch_size * statistics.mean(lengths) / args.max_length))
-            pack_run = run_ftlab(args, tokenizer, examples, "pack", pack_rows, shuffle=True, method="full")
-        flops_after = measure_matmul_flops(args.device, dtype, shapes)
-        flops = {s: max(flops_before[s], flops_after[s]) for s in flops_after}
-        peak = max(flops.values())
-        roof = peak / (6 * n_compute)
-        fraction = pack_run["processed_tok_s"] / roof
-        print(f"\n[3] full fine-tuning vs matmul FLOP/s ({str(dtype).replace('torch.', '')})")
-        print("    matmul GFLOP/s before / after the runs: " + ", ".join(
-            f"{s}: {flops_before[s] / 1e9:.1f} / {flops_after[s] / 1e9:.1f}" for s in flops))
-        print(f"    peak {peak / 1e9:.1f} GFLOP/s / (6 x {n_compute / 1e6:.1f} M) = {roof:.1f} tokens/s matmul-limited")
-        print(f"    full FT (packed) {pack_run['processed_tok_s']:.1f} tokens/s = {100 * fraction:.1f} % of it   "
-              f"(target >= {100 * TARGETS['full_ft_of_roofline']:.0f} %; {6 * n_compute * pack_run['processed_tok_s'] / 1e9:.1f} GFLOP/s achieved)")
-        report["roofline"] = {"matmul_flops_before": flops_before, "matmul_flops_after": flops_after, "peak_flops": peak, "roofline_tok_s": roof,
-                              "full_ft_tok_s": pack_run["processed_tok_s"], "fraction": fraction}
-
-    # ---- summary
-    print(f"\nsummary ({time.time() - t_start:.0f} s; timings on a shared machine move with its load)")
-    rows = []
-    if "trainer" in report:
-        rows.append(("ftlab / Trainer tokens/s", report["trainer"]["ratio"], TARGETS["vs_trainer"], "x"))
-    if "batching" in report:
-        rows.append(("pack / pad useful tokens/s", report["batching"]["pack_vs_pad"], TARGETS["pack_vs_pad"], "x"))
-    if "roofline" in report:
-        rows.append(("full FT / matmul-limited", report["roofline"]["fraction"], TARGETS["full_ft_of_roofline"], ""))
-    for label, value, target, unit in rows:
-        shown = f"{value:.2f}{unit}" if unit else f"{100 * value:.1f} %"
-        goal = f"{target:.1f}{unit}" if unit else f"{100 * target:.0f} %"
-        print(f"    {label:<28} {shown:>9}   target >= {goal:<6} {'met' if value >= target else 'NOT met'}")
+        if pack_run is None:  # the batching part used another method: one packed full fine-tuning run
+            pack_run = bench_batching(args, tokenizer, examples, ["pack"], "full")["pack"]
+        report["roofline"] = bench_roofline(args, pack_run, dtype, shapes, flops_before, n_compute)
+    print_summary(report, time.time() - t_start)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -1,5 +1,8 @@
-"""Part 1 of the course: data. Reading files and formats, validation and reports, splits and
-de-duplication, chat templates and loss masking, batching, and the course datasets.
+"""Part 1 of the course: data.
+
+readers (files) -> formats (detect, convert) -> validate (problems) -> records (``load_records``);
+dedupe and splits (near copies, leak-free splits); report (``summarize_dataset``); templates (chat
+templates, loss masking); batching (padding, packing); course (the course datasets).
 """
 
 from ftlab._lazy import lazy_exports
@@ -13,14 +16,15 @@ _EXPORTS = {
     "TASKS": "course", "LABELS": "course", "SYSTEM_PROMPT": "course", "DATASETS": "course",
     "data_dir": "course", "course_data_path": "course", "load_course_data": "course",
     "mix_replay": "course", "score_example": "course", "score_probe": "course",
-    "FORMATS": "records", "ROLES": "records", "SHAREGPT_ROLES": "records", "FILE_TYPES": "records",
-    "MAX_SHOWN": "records", "Problem": "records", "DataValidationError": "records",
-    "detect_format": "records", "validate_records": "records", "load_records": "records",
-    "record_text": "records", "normalize_text": "records", "shingles": "records",
-    "jaccard": "records", "near_duplicate_pairs": "records", "duplicate_groups": "records",
-    "drop_duplicates": "records", "DataReport": "records", "summarize_dataset": "records",
-    "Splits": "records", "split_records": "records", "find_leaks": "records",
-    "leakage_demo": "records",
+    "FILE_TYPES": "readers",
+    "FORMATS": "formats", "SHAREGPT_ROLES": "formats", "detect_format": "formats",
+    "ROLES": "validate", "MAX_SHOWN": "validate", "Problem": "validate",
+    "DataValidationError": "validate", "validate_records": "validate",
+    "load_records": "records",
+    "record_text": "dedupe", "normalize_text": "dedupe", "shingles": "dedupe", "jaccard": "dedupe",
+    "near_duplicate_pairs": "dedupe", "duplicate_groups": "dedupe", "drop_duplicates": "dedupe",
+    "DataReport": "report", "summarize_dataset": "report",
+    "Splits": "splits", "split_records": "splits", "find_leaks": "splits", "leakage_demo": "splits",
     "TRAIN_ON": "templates", "FALLBACK_TEMPLATE_DOC": "templates", "TemplateError": "templates",
     "render_prompt": "templates", "mask_prompt_tokens": "templates",
     "tokenize_example": "templates", "tokenize_dataset": "templates",

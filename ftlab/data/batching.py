@@ -243,40 +243,17 @@ def measure_packing_effect(model, examples, max_length=None) -> dict:
         >>> measure_packing_effect(model, exs)["max_token_diff"]["packed"] < 1e-4        # doctest: +SKIP
         True
     """
-    import torch.nn.functional as F
-
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     examples = [e for e in examples if len(e["input_ids"]) > 1]
-
-    def token_losses(inputs, use_cache=False):
-        inputs = {k: v.to(device) for k, v in inputs.items() if k != "labels"}
-        return model(**inputs, use_cache=use_cache).logits[:, :-1].float()
-
-    # Reference: every example alone. Position t predicts label t+1.
-    reference = []
-    for e in examples:
-        logits = token_losses({"input_ids": torch.tensor([e["input_ids"]])})[0]
-        labels = torch.tensor(e["labels"][1:], device=device)
-        reference.append((F.cross_entropy(logits, labels.clamp(min=0), reduction="none"), labels != IGNORE_INDEX))
-
+    reference = [_example_losses(_logits(model, {"input_ids": torch.tensor([e["input_ids"]])}, device)[0], e, device)
+                 for e in examples]  # every example alone
     if max_length is None:
         max_length = max(len(e["input_ids"]) for e in examples) * 2
     rows = pack_examples(examples, max_length)
     batch = collate(rows)
-    # Map each packed segment back to its example by content (identical examples have identical losses).
-    remaining = {}
-    for i, e in enumerate(examples):
-        remaining.setdefault(tuple(e["input_ids"]), []).append(i)
-    segments = []  # (row, start, length, example index)
-    for r, row in enumerate(rows):
-        start = 0
-        for n in row["seq_lengths"]:
-            key = tuple(batch["input_ids"][r, start:start + n].tolist())
-            segments.append((r, start, n, remaining[key].pop()))
-            start += n
-
+    segments = _packed_segments(examples, rows, batch)
     no_mask = model_inputs(batch)
     variants = {
         "packed": (no_mask, False),
@@ -290,12 +267,11 @@ def measure_packing_effect(model, examples, max_length=None) -> dict:
               "attn_implementation": getattr(model.config, "_attn_implementation", None), "rows": len(rows),
               "examples": len(examples), "trained_tokens": n_tokens}
     for name, (inputs, use_cache) in variants.items():
-        logits = token_losses(inputs, use_cache)
+        logits = _logits(model, inputs, device, use_cache)
         total, worst = 0.0, 0.0
         for r, start, n, i in segments:
             ref_loss, mask = reference[i]
-            labels = torch.tensor(examples[i]["labels"][1:], device=device)
-            loss = F.cross_entropy(logits[r, start:start + n - 1], labels.clamp(min=0), reduction="none")
+            loss, _ = _example_losses(logits[r, start:start + n - 1], examples[i], device)
             total += float((loss * mask).sum())
             if mask.any():
                 worst = max(worst, float((loss - ref_loss).abs()[mask].max()))
@@ -304,6 +280,36 @@ def measure_packing_effect(model, examples, max_length=None) -> dict:
     if was_training:
         model.train()
     return result
+
+
+def _logits(model, inputs, device, use_cache=False):
+    """The float logits of every position but the last (position t predicts label t+1)."""
+    inputs = {k: v.to(device) for k, v in inputs.items() if k != "labels"}
+    return model(**inputs, use_cache=use_cache).logits[:, :-1].float()
+
+
+def _example_losses(logits, example, device):
+    """Per-token losses of one example from its (unshifted) labels, and the mask of trained tokens."""
+    import torch.nn.functional as F
+
+    labels = torch.tensor(example["labels"][1:], device=device)
+    return F.cross_entropy(logits, labels.clamp(min=0), reduction="none"), labels != IGNORE_INDEX
+
+
+def _packed_segments(examples, rows, batch):
+    """``(row, start, length, example index)`` of every packed segment, matched by content
+    (identical examples have identical losses, so which copy matches which does not matter)."""
+    remaining = {}
+    for i, e in enumerate(examples):
+        remaining.setdefault(tuple(e["input_ids"]), []).append(i)
+    segments = []
+    for r, row in enumerate(rows):
+        start = 0
+        for n in row["seq_lengths"]:
+            key = tuple(batch["input_ids"][r, start:start + n].tolist())
+            segments.append((r, start, n, remaining[key].pop()))
+            start += n
+    return segments
 
 
 def compare_strategies(examples, batch_size, max_length=None, seed=0, pad_token_id=0) -> dict:

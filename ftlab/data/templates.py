@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import html
 
+from ftlab.data.records import load_records
+
 IGNORE_INDEX = -100  # the label value PyTorch's cross_entropy skips
 
 TRAIN_ON = ("assistant", "last", "all")
@@ -195,9 +197,7 @@ def mask_prompt_tokens(input_ids, trained_mask) -> list[int]:
 def _as_record(record):
     if isinstance(record, dict) and ("messages" in record or "text" in record):
         return record
-    from ftlab.data.records import load_records  # raw record in another format (instruction, prompt/completion, ...)
-
-    return load_records([record])[0]
+    return load_records([record])[0]  # a raw record in another format (instruction, prompt/completion, ...)
 
 
 def tokenize_example(record, tokenizer, max_length=None, train_on="assistant", template=None) -> dict:

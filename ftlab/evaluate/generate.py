@@ -108,6 +108,8 @@ def generate_answers(model, tokenizer, prompts, *, max_new_tokens: int = 64, bat
     stops = stop_token_ids(tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    from ftlab.budget import check_generation  # a workshop's per-participant budget (evaluate_model comes here too)
+    check_generation(model, min(batch_size, len(texts)), max(lengths, default=0), max_new_tokens)
     order = sorted(range(len(texts)), key=lambda i: lengths[i])
     answers, details = [None] * len(texts), [None] * len(texts)
     device = next(model.parameters()).device

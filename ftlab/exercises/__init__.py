@@ -1,4 +1,5 @@
-"""The notebooks' exercises: the checker machinery, plus one module per notebook.
+"""The notebooks' exercises: the checker machinery (checkers), what a notebook calls (answers: ``check``,
+``answer_or_solution``, ``solution``), plus one module per notebook (nbNN_topic).
 """
 
 from ftlab._lazy import lazy_exports
@@ -7,9 +8,9 @@ from ftlab._lazy import lazy_exports
 _EXPORTS = {
     "SOLUTIONS_ENV": "checkers", "Number": "checkers", "Function": "checkers", "Choice": "checkers",
     "Text": "checkers", "Exercise": "checkers", "EXERCISES": "checkers", "exercise": "checkers",
-    "load_all": "checkers", "solutions_enabled": "checkers", "answer_or_solution": "checkers",
-    "check": "checkers", "solution_source": "checkers", "solution": "checkers",
-    "list_exercises": "checkers", "Mapping": "checkers",
+    "load_all": "checkers", "solutions_enabled": "checkers", "Mapping": "checkers",
+    "answer_or_solution": "answers", "is_unanswered": "answers", "is_right": "answers", "check": "answers",
+    "solution_source": "answers", "solution": "answers", "list_exercises": "answers",
 }
 
 _getattr, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

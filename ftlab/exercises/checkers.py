@@ -1,4 +1,4 @@
-"""Exercise checkers for the notebooks: ``check(exercise_id, answer)`` says right or wrong, and why.
+"""Exercise checkers for the notebooks: how an answer is compared with the worked solution, and the registry.
 
 Every exercise lives in one registry. An entry is a *worked solution* (a small function whose
 body computes the right answer step by step, with comments), a *checker* that says how an answer
@@ -17,7 +17,7 @@ In a notebook:
     ❌ memory.weights_gib: 14 is not right (expected about 13.04).
        Hint: that is GB (10^9 bytes); the question asks for GiB (2^30 bytes).
     False
-    >>> from ftlab.exercises.checkers import solution
+    >>> from ftlab.exercises import solution
     >>> solution("memory.weights_gib")                                      # doctest: +SKIP
 
 Adding an exercise (notebook authors: put it in your notebook's module, ``nbNN_topic.py``)::
@@ -33,16 +33,16 @@ Solutions in CI: notebooks are stored with the learner's placeholders (``answer 
 ``FTLAB_SOLUTIONS=1`` in the environment (the README's test command sets it), :func:`check`
 checks the registered worked solution instead of the placeholder and *raises* if the solution
 fails its own checker, so nbval exercises every checker. :func:`answer_or_solution` hands the
-solution to later cells that use the learner's answer. Without the flag both do nothing special.
+solution to later cells that use the learner's answer. Without the flag, a learner who skipped an
+exercise still gets to the end of the notebook: :func:`answer_or_solution` says the exercise is not
+answered yet and hands the worked solution on; an answered exercise hands on the learner's answer.
 """
 
 from __future__ import annotations
 
 import importlib
-import inspect
 import math
 import os
-import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -304,68 +304,6 @@ def _get(exercise_id: str) -> Exercise:
 def solutions_enabled() -> bool:
     """True when ``$FTLAB_SOLUTIONS`` is set to 1/true/yes (CI runs the notebooks that way)."""
     return os.environ.get(SOLUTIONS_ENV, "").strip().lower() in {"1", "true", "yes"}
-
-
-def answer_or_solution(exercise_id: str, answer):
-    """The learner's ``answer``, or the worked solution's answer when ``$FTLAB_SOLUTIONS`` is on.
-
-    Use it where later cells build on an exercise's result, so CI runs them with a right answer::
-
-        my_loss = answer_or_solution("loss.cross_entropy_fn", my_loss)
-    """
-    return _get(exercise_id).solution() if solutions_enabled() else answer
-
-
-def check(exercise_id: str, answer) -> bool:
-    """Check an answer: prints ✅ or ❌ with a specific hint, returns True / False.
-
-    An answer that is still the placeholder ``...`` is reported as not answered yet. With
-    ``$FTLAB_SOLUTIONS=1`` the worked solution is checked instead, and an AssertionError is raised
-    if it fails (a broken exercise must fail CI, not print a cross).
-
-    Example:
-        >>> check("loss.perplexity", 7.389)   # doctest: +SKIP
-        ✅ loss.perplexity: right! (7.389)
-        True
-    """
-    ex = _get(exercise_id)
-    if solutions_enabled():
-        ok, message = ex.checker(ex.solution(), ex.solution, ex.mistakes)
-        if not ok:
-            raise AssertionError(f"the worked solution of {exercise_id!r} fails its own checker: {message}")
-        print(f"✅ {exercise_id}: {message} (worked solution checked, ${SOLUTIONS_ENV}=1)")
-        return True
-    if answer is Ellipsis or answer is None:
-        print(f"✏️ {exercise_id}: not answered yet. {ex.question}\n   Replace the `...` with your answer and run the cell again.")
-        return False
-    ok, message = ex.checker(answer, ex.solution, ex.mistakes)
-    if ok:
-        tail = f"\n   {ex.explanation}" if ex.explanation else ""
-        print(f"✅ {exercise_id}: {message}{tail}")
-    else:
-        print(f"❌ {exercise_id}: {message}\n   Stuck? ftlab.exercises.solution({exercise_id!r}) shows a worked solution.")
-    return ok
-
-
-def solution_source(exercise_id: str) -> str:
-    """The worked solution as text: question, the solution function's body, the explanation."""
-    ex = _get(exercise_id)
-    source = textwrap.dedent(inspect.getsource(ex.solution))
-    body = source[source.index("def "):]  # drop the @exercise(...) decorator lines
-    parts = [f"# {exercise_id}: {ex.question}", body.rstrip()]
-    if ex.explanation:
-        parts.append(f"# {ex.explanation}")
-    return "\n".join(parts)
-
-
-def solution(exercise_id: str) -> None:
-    """Print the worked solution of an exercise (question, code, explanation)."""
-    print(solution_source(exercise_id))
-
-
-def list_exercises(prefix: str = "") -> list[str]:
-    """Ids of the registered exercises, optionally only those starting with ``prefix``."""
-    return sorted(e for e in load_all() if e.startswith(prefix))
 
 
 @dataclass

@@ -48,7 +48,7 @@ def _smollm2_tokenizer():
 
 
 def _date_record_counts():
-    from ftlab.data.templates import tokenize_example
+    from ftlab.data import tokenize_example
 
     tok = _smollm2_tokenizer()
     ex = tokenize_example(_DATE_RECORD, tok)
@@ -69,7 +69,7 @@ def _date_record_counts():
     explanation="Only the answer and its end-of-turn token are trained; system prompt, question and markup are masked.",
 )
 def _trained_tokens():
-    from ftlab.data.templates import tokenize_example
+    from ftlab.data import tokenize_example
 
     tok = _smollm2_tokenizer()  # SmolLM2's tokenizer, as ftlab.load_tokenizer("tiny") returns it
     example = tokenize_example(_DATE_RECORD, tok)

@@ -15,7 +15,7 @@ from ftlab.exercises.nb01_data_preparation import _DATE_RECORD, _smollm2_tokeniz
 
 
 def _eot_cases():
-    from ftlab.data.templates import tokenize_example
+    from ftlab.data import tokenize_example
 
     tok = _smollm2_tokenizer()
     records = [

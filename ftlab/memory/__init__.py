@@ -1,21 +1,34 @@
 """Will it fit? Model architectures, the memory estimator (one function per phase of a training
 step), hardware and advice, and the teaching views.
+
+Reading order: ``architectures`` (the numbers that decide memory), ``step`` (one training step's
+settings), ``state`` (persistent: weights, adapters, gradients, optimizer states), ``forward`` (what
+each layer saves, the loss buffers), ``timeline`` (forward, backward, optimizer step; the peak),
+``estimator`` (:func:`estimate_memory` ties them together), then ``inference``, ``hardware``,
+``advice``, ``cli`` and ``viz``. ``cuda`` names what a CUDA stack keeps alive beyond the CPU path
+(with sources), ``published`` checks the estimator against PEFT's published GPU measurements, and
+``gpu_check`` is ``make gpu-check``.
 """
 
 from ftlab._lazy import lazy_exports
 
 # public name -> submodule that defines it
 _EXPORTS = {
-    "GiB": "estimator", "MiB": "estimator", "DTYPE_BYTES": "estimator", "METHODS": "estimator",
-    "OPTIMIZERS": "estimator", "QUANTIZATIONS": "estimator", "ATTENTIONS": "estimator",
-    "LINEARS": "estimator", "NF4_BLOCK": "estimator", "DQ_BLOCK": "estimator",
-    "OPT8_BLOCK": "estimator", "OPT8_MIN_SIZE": "estimator", "Architecture": "estimator",
-    "ARCHITECTURES": "estimator", "get_architecture": "estimator", "Hardware": "estimator",
-    "HARDWARE": "estimator", "MemoryItem": "estimator", "MemoryEstimate": "estimator",
-    "estimate_memory": "estimator", "nf4_constant_bytes": "estimator",
-    "nf4_bytes_per_parameter": "estimator", "cuda_overhead_items": "estimator",
-    "estimate_inference_memory": "estimator", "Advice": "estimator", "advise": "estimator",
-    "worked_example_7b": "estimator", "format_worked_example": "estimator", "cli_main": "estimator",
+    "GiB": "breakdown", "MiB": "breakdown", "MemoryItem": "breakdown", "MemoryEstimate": "breakdown",
+    "cuda_overhead_items": "breakdown",
+    "Architecture": "architectures", "ARCHITECTURES": "architectures", "get_architecture": "architectures",
+    "LINEARS": "architectures",
+    "Hardware": "hardware", "HARDWARE": "hardware",
+    "DTYPE_BYTES": "step", "METHODS": "step", "OPTIMIZERS": "step", "QUANTIZATIONS": "step", "ATTENTIONS": "step",
+    "NF4_BLOCK": "state", "DQ_BLOCK": "state", "OPT8_BLOCK": "state", "OPT8_MIN_SIZE": "state",
+    "nf4_constant_bytes": "state", "nf4_bytes_per_parameter": "state",
+    "estimate_memory": "estimator",
+    "estimate_inference_memory": "inference",
+    "Advice": "advice", "advise": "advice", "worked_example_7b": "advice", "format_worked_example": "advice",
+    "cli_main": "cli",
+    "sdpa_saved_bytes": "cuda", "dequant_buffer_bytes": "cuda", "kbit_training_extra_bytes": "cuda",
+    "recompute_peak_bytes": "cuda", "after_step_bytes": "cuda", "reserved_bytes": "cuda",
+    "fsdp_full_shard_per_gpu": "cuda", "compare_peft_metamathqa": "published",
     "CATEGORY_COLORS": "viz", "plot_breakdown": "viz", "ExplorerState": "viz",
     "MemoryExplorer": "viz", "memory_panel": "viz",
 }

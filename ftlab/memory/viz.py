@@ -20,7 +20,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ftlab.memory.estimator import ARCHITECTURES, GiB, HARDWARE, MemoryEstimate, _fmt, estimate_memory
+from ftlab.memory.architectures import ARCHITECTURES
+from ftlab.memory.breakdown import GiB, MemoryEstimate, _fmt
+from ftlab.memory.estimator import estimate_memory
+from ftlab.memory.hardware import HARDWARE
 
 # One colour per category, in stacking order (persistent at the bottom, transient on top).
 CATEGORY_COLORS = {

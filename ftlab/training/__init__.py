@@ -36,6 +36,9 @@ _EXPORTS = {
     "LOG_TARGETS": "tracking", "CSV_COLUMNS": "tracking", "RunLogger": "tracking",
     "read_history": "tracking", "read_tensorboard": "tracking", "in_notebook": "tracking",
     "progress_bar": "tracking", "format_postfix": "tracking", "LivePlot": "tracking",
+    "Playground": "playground", "Settings": "playground", "SettingsError": "playground",
+    "check_settings": "playground", "qlora_problem": "playground", "PLAYGROUND_METHODS": "playground",
+    "PlaygroundPanel": "playground_panel",  # (ftlab.playground() opens one; here "playground" is the module)
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

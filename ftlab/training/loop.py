@@ -87,6 +87,8 @@ def train(model, tokenizer, train_data, eval_data=None, config: TrainConfig | No
     # ---- 1. set-up: device and processes, run folder, data, method, optimizer, schedule
     run = setup_run(model, tokenizer, config)
     train_examples, eval_batches = prepare_data(run, tokenizer, train_data, eval_data)
+    from ftlab.budget import check_training  # a workshop's per-participant budget: refuse before any step
+    check_training(model, config, train_examples)
     run = setup_model(run, tokenizer)
     # ---- 2. resume
     stream = BatchStream(train_examples, config.batch_size, config.batching, config.max_length, config.seed,

@@ -1,0 +1,111 @@
+"""Log-probabilities of completions under the policy and under the frozen reference.
+
+``token_logprobs`` runs the model once and returns, per row and position, the log-probability of
+the next token where a label exists (0 elsewhere) - the same positions, shifted the same way, as
+SFT's cross-entropy (``ftlab.training.causal_lm_loss``): the prompt is excluded, the answer and its
+end-of-turn token are included. A sequence's log-probability is the row sum.
+
+**The reference without a second model.** DPO and GRPO compare the policy with the model they
+started from. With LoRA the starting model is *inside* the policy: switch the adapters off
+(peft's ``disable_adapter()``) and the same weights compute the reference. No copy of the weights,
+no second ``load_model`` - the memory a separate reference would take (all of the base's
+parameters again) is saved. For DPO the reference never changes, so its log-probabilities are
+computed once, before training, and cached per example (``precompute_reference``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from ftlab.data import model_inputs
+from ftlab.training import accepts_logits_mask, is_peft_model, next_token_targets
+
+IGNORE_INDEX = -100
+
+
+def token_logprobs(model, batch: dict, temperature: float = 1.0, trained_logits_only: bool = True) -> torch.Tensor:
+    """``(N, T)`` log p(next token) at every labelled position, 0 where the label is -100.
+
+    ``trained_logits_only`` runs the output layer only where a label exists (transformers'
+    ``logits_to_keep`` mask): the log-probabilities are the same, the step is faster and smaller,
+    because the prompt's logits - most of the sequence - are never built.
+    ``temperature`` divides the logits (GRPO scores completions at the temperature they were sampled at).
+    """
+    inputs = model_inputs({k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")})
+    targets = next_token_targets(batch["labels"])
+    keep = targets != IGNORE_INDEX
+    if trained_logits_only and accepts_logits_mask(model):
+        logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits  # (n_kept, vocab)
+    else:
+        logits = model(**inputs, use_cache=False).logits[:, -targets.shape[1]:][keep]
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    picked = -F.cross_entropy(logits, targets[keep], reduction="none")  # log_softmax at the target, fused
+    out = torch.zeros(targets.shape, dtype=picked.dtype, device=picked.device)
+    return out.masked_scatter(keep, picked)
+
+
+def sequence_logprobs(model, batch: dict, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum of log-probs per row (N,), scored tokens per row (N,))``."""
+    per_token = token_logprobs(model, batch, **kwargs)
+    n_tokens = (next_token_targets(batch["labels"]) != IGNORE_INDEX).sum(-1)
+    return per_token.sum(-1), n_tokens
+
+
+@contextlib.contextmanager
+def reference_model(model, ref_model=None):
+    """Yield the reference: ``ref_model`` if given, else ``model`` with its adapters switched off.
+
+    A full fine-tune has no adapters to switch off, so it needs an explicit ``ref_model``.
+    """
+    if ref_model is not None:
+        yield ref_model
+    elif is_peft_model(model):
+        with model.disable_adapter():
+            yield model
+    else:
+        raise ValueError("reference_model: the model has no LoRA adapters to switch off, so the reference would be "
+                         "the policy itself. Fix: train with method='lora' (the default), or pass ref_model= a frozen "
+                         "copy of the starting model.")
+
+
+@torch.no_grad()
+def reference_logprobs(model, batch: dict, ref_model=None, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sequence_logprobs`` under the reference (no gradients; dropout off while it runs)."""
+    with reference_model(model, ref_model) as ref:
+        was_training = ref.training
+        ref.eval()
+        try:
+            return sequence_logprobs(ref, batch, **kwargs)
+        finally:
+            ref.train(was_training)
+
+
+@torch.no_grad()
+def precompute_reference(model, examples: list[dict], batch_size: int, pad_token_id: int = 0, ref_model=None,
+                         progress: bool = False) -> list[dict]:
+    """Store each example's reference log-probabilities in it (``ref_chosen``, ``ref_rejected``).
+
+    Run once before DPO: the reference is frozen, so computing it again every step would only
+    repeat the same forward passes. Examples that already carry them are skipped.
+    """
+    from ftlab.align.preferences import collate_preferences, split_pairs
+    from ftlab.training import progress_bar
+
+    todo = [e for e in examples if "ref_chosen" not in e]
+    device = next(model.parameters()).device
+    bar = progress_bar(len(todo), enabled=progress, desc="reference")
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in collate_preferences(chunk, pad_token_id).items()}
+        logps, _ = reference_logprobs(model, batch, ref_model)
+        chosen, rejected = split_pairs(logps.cpu())
+        for e, c, r in zip(chunk, chosen.tolist(), rejected.tolist()):
+            e["ref_chosen"], e["ref_rejected"] = c, r
+        bar.update(len(chunk))
+    bar.close()
+    return examples

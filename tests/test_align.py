@@ -1,0 +1,315 @@
+"""ftlab.align: bad preference data and rewards, and parity with TRL 1.16 on the same batch.
+
+Parity is checked on the tiny model with a LoRA adapter whose B matrices are made non-zero *after*
+the TRL trainer is built. Why: given a PEFT model, TRL's DPOTrainer copies its adapter into a frozen
+"ref" adapter and uses that as the reference; ftlab switches the adapters off. Both are the
+starting model exactly when the adapter starts at zero (B = 0), as a fresh LoRA does. Perturbing the
+trained adapter afterwards moves the policy away from the reference, so rewards, margins and
+accuracies are not trivially zero.
+
+Both sides are fed the *same* tensors (ftlab's batch): TRL scores the newline the chat template puts
+after ``<|im_end|>`` as part of the completion, ftlab does not (SFT does not train it, and generation
+stops at ``<|im_end|>``); ``test_tokenisation_matches_trl`` pins that this newline is the only difference.
+"""
+
+import math
+import tempfile
+
+import pytest
+import torch
+
+from ftlab.align import (AlignConfig, RewardError, collate_preferences, completion_batch, dpo_loss,
+                         group_advantages, grpo_loss, load_preferences, preference_loss, reference_logprobs,
+                         score_completions, split_pairs, token_logprobs, tokenize_preferences, train_preferences,
+                         task_reward)
+from ftlab.data import DataValidationError, data_dir
+from ftlab.models import load_model
+
+pytest.importorskip("trl")
+
+METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+           "logps/rejected")
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def _lora_model(seed=0):
+    from ftlab.training import prepare_model
+
+    model, tok = load_model("tiny")
+    torch.manual_seed(seed)
+    model = prepare_model(model, "lora", lora_rank=4, lora_alpha=8, tokenizer=tok)
+    return model, tok
+
+
+def _perturb(model, seed=1, std=0.05):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name and ".default." in name:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+def _grads(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _assert_same_gradients(ours, theirs, rtol=1e-4):
+    """Every parameter's gradient agrees with TRL's to ``rtol`` of that gradient's norm (elements near
+    zero differ by float rounding in the order of the sums, so a per-element relative test is meaningless)."""
+    assert ours.keys() == theirs.keys() and ours
+    for name in ours:
+        err = (ours[name] - theirs[name]).norm() / theirs[name].norm().clamp(min=1e-12)
+        assert err < rtol, (name, err.item())
+
+
+def _pairs(n=4):
+    records = load_preferences(data_dir() / "preferences.jsonl", limit=n)
+    return records
+
+
+def _as_trl_dataset(records):
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": r["messages"], "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                               "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in records])
+
+
+def _completion_mask(labels):
+    return (labels != -100).long()
+
+
+def _dpo_trainer(model, tok, records, tmp, **kw):
+    from trl import DPOConfig, DPOTrainer
+
+    args = DPOConfig(output_dir=str(tmp), report_to=[], use_cpu=True, per_device_train_batch_size=len(records),
+                     bf16=False, **kw)
+    return DPOTrainer(model=model, args=args, train_dataset=_as_trl_dataset(records), processing_class=tok)
+
+
+# --------------------------------------------------------------------------- DPO / IPO parity
+
+
+@pytest.mark.parametrize("loss_type,beta", [("sigmoid", 0.1), ("ipo", 0.5)])
+def test_dpo_matches_trl(tmp_path, loss_type, beta):
+    model, tok = _lora_model()
+    records = _pairs(4)
+    trainer = _dpo_trainer(model, tok, records, tmp_path, beta=beta, loss_type=[loss_type])
+    _perturb(model)
+    batch = collate_preferences(tokenize_preferences(records, tok), tok.pad_token_id)
+    model.train()
+
+    trl_inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+                  "completion_mask": _completion_mask(batch["labels"])}
+    trl_loss = trainer.compute_loss(trainer.model, trl_inputs)
+    trl_metrics = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+    trl_loss.backward()
+    trl_grads = _grads(model)
+    model.zero_grad(set_to_none=True)
+
+    config = AlignConfig(loss="ipo" if loss_type == "ipo" else "dpo", beta=beta)
+    loss, metrics = preference_loss(model, batch, config)
+    loss.backward()
+    grads = _grads(model)
+
+    torch.testing.assert_close(loss, trl_loss, rtol=1e-5, atol=1e-5)
+    assert trl_metrics["rewards/margins"] != 0  # the check is not trivial
+    for name in METRICS:
+        assert math.isclose(metrics[name].item(), trl_metrics[name], rel_tol=1e-5, abs_tol=1e-5), name
+    _assert_same_gradients(grads, trl_grads)
+
+
+def test_label_smoothing_is_conservative_dpo():
+    """cDPO: with eps, the loss is the eps-mixture of the loss for the label and for the flipped label
+    (TRL 1.16 dropped eps from its 'sigmoid' loss, so this one is checked against the formula)."""
+    pc, pr, rc, rr = (torch.tensor(v) for v in ([-5.0, -7.0], [-9.0, -6.0], [-6.0, -7.5], [-8.0, -6.5]))
+    right, _ = dpo_loss(pc, pr, rc, rr, beta=0.3)
+    flipped, _ = dpo_loss(pr, pc, rr, rc, beta=0.3)
+    smooth, _ = dpo_loss(pc, pr, rc, rr, beta=0.3, label_smoothing=0.2)
+    torch.testing.assert_close(smooth, 0.8 * right + 0.2 * flipped)
+
+
+def test_tokenisation_matches_trl(tmp_path):
+    """Same token ids as TRL's DPOTrainer; the completion masks differ only in the newline after <|im_end|>."""
+    model, tok = _lora_model()
+    records = _pairs(4)
+    trainer = _dpo_trainer(model, tok, records, tmp_path)
+    ours = collate_preferences(tokenize_preferences(records, tok), tok.pad_token_id)
+    theirs = trainer.data_collator([trainer.train_dataset[i] for i in range(len(records))])
+    assert torch.equal(ours["input_ids"], theirs["input_ids"])
+    diff = theirs["completion_mask"] - _completion_mask(ours["labels"])
+    assert (diff >= 0).all() and (diff.sum(-1) == 1).all()
+    assert {tok.decode(t) for t in ours["input_ids"][diff.bool()]} == {"\n"}
+
+
+# --------------------------------------------------------------------------- ORPO parity
+
+
+def test_orpo_matches_trl(tmp_path):
+    """ORPOTrainer lives in ``trl.experimental.orpo`` in TRL 1.x. Its NLL term covers the whole chosen
+    sequence (prompt too), so ftlab runs with ``orpo_nll_on="sequence"`` here; its default is the completion."""
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    model, tok = _lora_model()
+    records = _pairs(4)
+    ds = _as_trl_dataset(records).map(lambda r: {"prompt": tok.apply_chat_template(r["prompt"], tokenize=False),
+                                                 "chosen": r["chosen"][0]["content"],
+                                                 "rejected": r["rejected"][0]["content"]})
+    args = ORPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, beta=0.2, bf16=False,
+                      per_device_train_batch_size=4, max_length=512)
+    trainer = ORPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    _perturb(model)
+    batch = collate_preferences(tokenize_preferences(records, tok), tok.pad_token_id)
+    (c_ids, r_ids), (c_att, r_att), (c_lab, r_lab) = (split_pairs(batch[k]) for k in ("input_ids", "attention_mask",
+                                                                                      "labels"))
+    trl_batch = {"chosen_input_ids": c_ids, "chosen_attention_mask": c_att, "chosen_labels": c_lab,
+                 "rejected_input_ids": r_ids, "rejected_attention_mask": r_att, "rejected_labels": r_lab}
+    model.train()
+    trl_loss, trl_metrics = trainer.get_batch_loss_metrics(model, trl_batch)
+    trl_loss.backward()
+    trl_grads = _grads(model)
+    model.zero_grad(set_to_none=True)
+
+    loss, metrics = preference_loss(model, batch, AlignConfig(loss="orpo", beta=0.2, orpo_nll_on="sequence"))
+    loss.backward()
+    grads = _grads(model)
+    torch.testing.assert_close(loss, trl_loss, rtol=1e-5, atol=1e-5)
+    for name in (*METRICS, "nll_loss", "log_odds_ratio", "log_odds_chosen"):
+        assert math.isclose(metrics[name].item(), trl_metrics[name], rel_tol=1e-5, abs_tol=1e-5), name
+    _assert_same_gradients(grads, trl_grads)
+
+
+# --------------------------------------------------------------------------- GRPO parity
+
+
+def test_group_advantages_match_trl_formula():
+    from trl.trainer.utils import nanstd
+
+    rewards = torch.tensor([1.0, 0.0, 0.5, 0.0, 0.2, 0.2, 0.2, 0.2])
+    grouped = rewards.view(-1, 4)
+    expected = (grouped - grouped.mean(1, keepdim=True)) / (nanstd(grouped, dim=1).unsqueeze(1) + 1e-4)
+    torch.testing.assert_close(group_advantages(rewards, 4), expected.reshape(-1))
+    assert (group_advantages(rewards, 4)[4:] == 0).all()  # equal rewards teach nothing
+
+
+@pytest.mark.parametrize("loss_type,correction", [("grpo", True), ("bnpo", False)])
+def test_grpo_loss_matches_trl(tmp_path, loss_type, correction):
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    model, tok = _lora_model()
+    G = 4
+    args = GRPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, bf16=False, num_generations=G,
+                      per_device_train_batch_size=G, beta=0.04, epsilon=0.2, loss_type=loss_type,
+                      max_completion_length=16, temperature=1.0, use_bias_correction_kl=correction)
+    trainer = GRPOTrainer(model=model, reward_funcs=[lambda completions, **kw: [0.0] * len(completions)], args=args,
+                          train_dataset=Dataset.from_list([{"prompt": [{"role": "user", "content": "hi"}]}] * G),
+                          processing_class=tok)
+    _perturb(model)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Classify: my card was charged twice."}],
+                                     tokenize=False, add_generation_prompt=True)
+    prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    answers = ["billing", "The category is billing, I think.", "shipping", "{}"]
+    completion_ids = [tok(a, add_special_tokens=False)["input_ids"] + [end] for a in answers]
+    advantages = group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0]), G)
+
+    batch = completion_batch([prompt_ids] * G, completion_ids, tok.pad_token_id)
+    mask = torch.nn.functional.pad(batch["labels"], (0, 1), value=-100)[:, 1:] != -100
+    ref = reference_logprobs(model, batch)[0]  # only to check shapes
+    with torch.no_grad(), model.disable_adapter():
+        ref_tokens = token_logprobs(model, batch)
+    model.train()
+    logps = token_logprobs(model, batch)
+    loss, metrics = grpo_loss(logps, logps.detach(), ref_tokens, advantages, mask, epsilon=0.2, beta=0.04,
+                              loss_type=loss_type, kl_ratio_correction=correction)
+    loss.backward()
+    grads = _grads(model)
+    model.zero_grad(set_to_none=True)
+
+    P, C = len(prompt_ids), max(len(c) for c in completion_ids)
+    completion = torch.full((G, C), tok.pad_token_id)
+    completion_mask = torch.zeros(G, C, dtype=torch.long)
+    for i, c in enumerate(completion_ids):
+        completion[i, :len(c)], completion_mask[i, :len(c)] = torch.tensor(c), 1
+    inputs = {"prompt_ids": torch.tensor([prompt_ids] * G), "prompt_mask": torch.ones(G, P, dtype=torch.long),
+              "completion_ids": completion, "completion_mask": completion_mask, "advantages": advantages,
+              "ref_per_token_logps": ref_tokens[:, P - 1:P - 1 + C], "old_per_token_logps": None,
+              "num_items_in_batch": completion_mask.sum()}
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train(); one micro-batch here
+    trl_loss = trainer._compute_loss(model, inputs)
+    trl_loss.backward()
+    trl_grads = _grads(model)
+    assert ref.shape == (G,)
+    torch.testing.assert_close(loss, trl_loss, rtol=1e-5, atol=1e-6)
+    assert math.isclose(metrics["kl"].item(), trainer._metrics["train"]["kl"][-1], rel_tol=1e-5, abs_tol=1e-7)
+    assert metrics["kl"].item() > 0
+    _assert_same_gradients(grads, trl_grads)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("record,field,words", [
+    ({"prompt": "q", "chosen": "", "rejected": "b"}, "chosen", "missing or empty"),
+    ({"prompt": "q", "rejected": "b"}, "chosen", "missing"),
+    ({"prompt": "q", "chosen": "a", "rejected": "  "}, "rejected", "missing or empty"),
+    ({"prompt": "q", "chosen": "same", "rejected": "same"}, "rejected", "the same answer"),
+    ({"prompt": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "q"}], "chosen": "a",
+      "rejected": "b"}, "prompt", "roles out of order"),
+    ({"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "user", "content": "a"}],
+      "rejected": [{"role": "assistant", "content": "b"}]}, "chosen", "roles out of order"),
+])
+def test_bad_preference_records_are_named(tmp_path, record, field, words):
+    import json
+
+    path = tmp_path / "prefs.jsonl"
+    good = {"prompt": "2+2?", "chosen": "4", "rejected": "5"}
+    path.write_text(json.dumps(good) + "\n" + json.dumps(record) + "\n")
+    with pytest.raises(DataValidationError) as err:
+        load_preferences(path)
+    message = str(err.value)
+    assert f"{path} line 2, field '{field}'" in message and words in message and "Fix:" in message
+
+
+def test_course_preferences_are_valid():
+    records = load_preferences(data_dir() / "preferences.jsonl")
+    assert len(records) == 600 and all(r["chosen"] != r["rejected"] for r in records)
+
+
+def test_reward_errors_name_function_and_completion():
+    def broken(completion, record):
+        return record["missing"]
+
+    def nan_reward(completion, record):
+        return float("nan")
+
+    record = {"reference": "billing", "task": "classify"}
+    with pytest.raises(RewardError, match=r"'broken' raised KeyError.*'some answer'"):
+        score_completions([task_reward, broken], ["some answer"], [record])
+    with pytest.raises(RewardError, match=r"'nan_reward' returned nan on the completion 'billing'"):
+        score_completions([nan_reward], ["billing"], [record])
+    assert score_completions([task_reward], ["Billing.", "shipping"], [record] * 2).tolist() == [1.0, 0.0]
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def test_preference_loop_resumes_exactly(tmp_path):
+    """Two runs of 4 DPO steps: straight through, and stopped after 2 (by a callback) then resumed: same history."""
+    records = _pairs(8)
+    common = dict(loss="dpo", max_steps=4, batch_size=2, lr=1e-3, save_every=2, progress=False, log_to=("jsonl",),
+                  save_final=False)
+    model, tok = load_model("tiny")
+    full = train_preferences(model, tok, records, AlignConfig(output_dir=str(tmp_path / "a"), **common)).history
+    model, tok = load_model("tiny")
+    train_preferences(model, tok, records, AlignConfig(output_dir=str(tmp_path / "b"), **common),
+                      callbacks=[lambda record: record["step"] == 2])
+    model, tok = load_model("tiny")
+    resumed = train_preferences(model, tok, records, AlignConfig(output_dir=str(tmp_path / "b"), resume_from="latest",
+                                                                 **common)).history
+    assert len(resumed) == 4
+    for a, b in zip(full, resumed):
+        assert math.isclose(a["loss"], b["loss"], rel_tol=1e-5), (a, b)
+    assert full[-1]["rewards/margins"] > 0  # DPO moved the margin the right way
