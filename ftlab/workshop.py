@@ -79,6 +79,20 @@ NOTEBOOK_STEPS: dict[str, list[Step]] = {
         Step("full fine-tuning run (fresh copy; base model kept)", "train", "run_batch", "full", 1),
         Step("evaluate base, full and LoRA models", "generate", "eval_batch_size", copies=2),
     ],
+    # 07-09 were added later; they still size their batches inline (max(2, batch_size // 2) == run_batch).
+    "07_alignment": [
+        # run_batch pairs = batch_size sequences (chosen + rejected); the reference is the policy with adapters off
+        Step("DPO run: LoRA on chosen + rejected sequences", "train", "batch_size", "lora", 0),
+        Step("SFT run before GRPO", "train", "batch_size", "lora", 0),
+    ],
+    "08_deployment": [
+        Step("LoRA run of the model to deploy (fresh copy; base model kept)", "train", "run_batch", "lora", 1),
+        Step("evaluate base and merged models", "generate", "eval_batch_size", copies=1),
+    ],
+    "09_continued_pretraining": [
+        Step("continued pretraining: full FT of a fresh copy (base model kept)", "train", "batch_size", "full", 1),
+        Step("SFT after CPT (base and CPT models kept)", "train", "run_batch", "lora", 2),
+    ],
 }
 
 
