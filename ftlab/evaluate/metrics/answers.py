@@ -1,15 +1,7 @@
 """Short answers, structured output and labels: SQuAD normalisation, exact match, token F1, JSON, classification.
 
-Every function here states its definition in its docstring, and the tests check each one
-against the implementation people cite (SQuAD's evaluation script, ``rouge-score``,
-``sacrebleu``, the perplexity recipe in the transformers docs).
-
-Example:
-    >>> from ftlab.evaluate.metrics import exact_match, token_f1
-    >>> exact_match("The Eiffel Tower!", "eiffel tower")
-    1.0
-    >>> token_f1("in Paris, France", "Paris")   # precision 1/3, recall 1
-    0.5
+Each definition is in its function's docstring; ``tests/test_metrics.py`` checks them against SQuAD's
+evaluation script and scikit-learn. The package docstring (``metrics/__init__.py``) has an example.
 """
 
 from __future__ import annotations
