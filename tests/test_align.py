@@ -313,3 +313,29 @@ def test_preference_loop_resumes_exactly(tmp_path):
     for a, b in zip(full, resumed):
         assert math.isclose(a["loss"], b["loss"], rel_tol=1e-5), (a, b)
     assert full[-1]["rewards/margins"] > 0  # DPO moved the margin the right way
+
+
+def test_tokenised_examples_reuse_their_cached_reference(tmp_path, monkeypatch):
+    """Passing ``tokenize_preferences`` examples: the first run caches the reference in them, a second run
+    from the same starting model computes no reference pass and follows the same history."""
+    import ftlab.align.loop as loop
+
+    records = _pairs(4)
+    common = dict(loss="dpo", max_steps=2, batch_size=2, lr=1e-3, progress=False, log_to=("jsonl",), save_final=False)
+    model, tok = load_model("tiny")
+    from_records = train_preferences(model, tok, records, AlignConfig(output_dir=str(tmp_path / "a"), **common)).history
+    examples = tokenize_preferences(records, tok, 256)
+    model, tok = load_model("tiny")
+    first = train_preferences(model, tok, examples, AlignConfig(output_dir=str(tmp_path / "b"), **common)).history
+    assert all("ref_chosen" in e and "ref_rejected" in e for e in examples)
+    calls = []
+    real = loop.reference_logprobs
+    monkeypatch.setattr(loop, "reference_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    import ftlab.align.logprobs as logprobs
+    real_lp = logprobs.reference_logprobs
+    monkeypatch.setattr(logprobs, "reference_logprobs", lambda *a, **k: calls.append(1) or real_lp(*a, **k))
+    model, tok = load_model("tiny")
+    second = train_preferences(model, tok, examples, AlignConfig(output_dir=str(tmp_path / "c"), **common)).history
+    assert calls == []                                   # the cached reference was used
+    for a, b, c in zip(from_records, first, second):
+        assert math.isclose(a["loss"], b["loss"], rel_tol=1e-5) and math.isclose(b["loss"], c["loss"], rel_tol=1e-5)

@@ -8,7 +8,8 @@
 - ``kl_from_reference``: the exact KL(policy || reference) of the next-token distributions, summed over
   the vocabulary, averaged over the answer tokens of fixed texts: how far the policy drifted.
 - ``step_peak_mb``: the peak of tensor memory during one training step (CUDA's counter on a GPU,
-  torch's ``MemTracker`` on a CPU, which counts tensors, not the process).
+  torch's ``MemTracker`` on a CPU, which counts tensors, not the process; ``ftlab.bench.memory.tensor_tracker``
+  keeps only its global peak, which makes it about 10x cheaper on a 30-layer model).
 """
 
 from __future__ import annotations
@@ -94,13 +95,9 @@ def step_peak_mb(step, model) -> float:
         step()
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) / 2**20
-    from torch.distributed._tools.mem_tracker import MemTracker
+    from ftlab.bench.memory import tensor_tracker  # MemTracker keeping only the global peak (fast)
 
-    class Tracker(MemTracker):  # frozen (LoRA) parameters cannot take the gradient hooks MemTracker adds
-        def _track_module_params_and_buffers(self, module, install_grad_hooks=True):
-            return super()._track_module_params_and_buffers(module, install_grad_hooks=False)
-
-    tracker = Tracker()
+    tracker = tensor_tracker()
     tracker.track_external(model)
     with tracker:
         step()

@@ -209,7 +209,10 @@ def train_preferences(model, tokenizer, data, config: AlignConfig | None = None,
                       **overrides) -> TrainResult:
     """DPO, IPO or ORPO (``config.loss``) on preference pairs; returns ``ftlab.training.TrainResult``.
 
-    ``data``: a preference JSONL path, raw preference records, or records from ``load_preferences``.
+    ``data``: a preference JSONL path, raw preference records, records from ``load_preferences``, or
+    examples from ``tokenize_preferences``. The reference log-probabilities are computed once, before
+    the first step, and stored in the examples; pass the same examples to a second run *from the same
+    starting model* and it reuses them (a cache from another starting model would be the wrong reference).
     ``callbacks``: functions called with each step's record; one returning True stops the run.
 
     Example:
@@ -219,8 +222,11 @@ def train_preferences(model, tokenizer, data, config: AlignConfig | None = None,
     config = dataclasses.replace(config or AlignConfig(), **overrides)
     if config.loss == "grpo":
         raise ValueError("train_preferences: loss='grpo' samples its own completions. Fix: use ftlab.align.train_grpo.")
-    records = data if isinstance(data, list) and data and "messages" in data[0] else load_preferences(data)
-    examples = tokenize_preferences(records, tokenizer, config.max_length)
+    if isinstance(data, list) and data and isinstance(data[0].get("chosen"), dict):
+        examples = data  # already tokenised; a reference cached in them is reused, not computed again
+    else:
+        records = data if isinstance(data, list) and data and "messages" in data[0] else load_preferences(data)
+        examples = tokenize_preferences(records, tokenizer, config.max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     needs_reference = config.loss in ("dpo", "ipo")

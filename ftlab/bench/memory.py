@@ -181,7 +181,9 @@ def _quant_tensors(model) -> list[torch.Tensor]:
     return out
 
 
-def _tracker():
+def tensor_tracker():
+    """A MemTracker that counts every tensor (parameters, gradients, optimizer states, activations)
+    and keeps only the global peak, so that it is cheap enough for a 30-layer model on a CPU."""
     from torch.distributed._tools.mem_tracker import MemTracker
 
     class Tracker(MemTracker):
@@ -222,7 +224,7 @@ def measure_training_peak(model, optimizer, batch: dict, steps: int = 2,
         peak = lambda: torch.cuda.max_memory_allocated()  # noqa: E731
         ctx = None
     else:
-        ctx = _tracker()
+        ctx = tensor_tracker()
         ctx.track_external(model, optimizer, *batch.values(), *_quant_tensors(model))
         peak = lambda: max(d["Total"] for d in ctx.get_tracker_snapshot("peak").values())  # noqa: E731
     if ctx is not None:
