@@ -10,6 +10,9 @@ data itself, tokenised as the notebooks tokenise it. A participant's kernel then
     + the step's estimated peak (weights, gradients, optimizer states, activations, logits)
     + the other model copies the notebook keeps alive at that moment.
 
+On a CPU (``--device cpu``) a training step's heap part (activations, gradients, optimizer states) is
+doubled (:data:`CPU_TRAIN_HEAP_FACTOR`): the plan is of resident memory, not only of live tensors.
+
 From the peaks and the machine's usable memory the plan derives how many participants can run each
 notebook at once, the budget per participant (``FTLAB_MEMORY_BUDGET_GIB``, see ``ftlab.budget``) and
 a schedule: notebooks that do not fit everyone at once are run in staggered waves.
@@ -34,6 +37,14 @@ GiB = 2**30
 # after such a set-up cell, 601 MiB (fp32 CPU build of torch 2.13, x86-64, 2026-11-29). A CUDA
 # build maps more host libraries; the estimator adds the CUDA context separately.
 KERNEL_BASE_BYTES = 601 * 2**20
+# On a CPU a training step's resident memory grows by about twice what its activations, gradients and
+# optimizer states need. glibc's heap serves those many mid-sized tensors, keeps what they free for reuse,
+# and cannot always reuse it for the next sizes, so the high-water mark outruns the live tensors. Tensors
+# above glibc's mmap threshold (the fp32 logits, tens to hundreds of MiB) go straight back to the OS.
+# Measured with VmHWM against MemTracker on SmolLM2-135M (fp32, torch 2.13, x86-64, 2026-11-29): one DPO
+# step (LoRA, 8 sequences) 1.8x; the training notebooks 02, 03 and 07 in the laptop profile 1.8-2.3x.
+# CUDA's caching allocator is modelled by the estimator itself (``ftlab.memory.cuda``), so this is CPU only.
+CPU_TRAIN_HEAP_FACTOR = 2.0
 
 
 @dataclass(frozen=True)
@@ -41,10 +52,13 @@ class Step:
     """One memory-heavy moment of a notebook."""
 
     what: str
-    kind: str  # "train" | "generate" | "hold" (only weights: copies of the model side by side)
-    batch: str = "batch_size"  # the Profile attribute that sizes it ("default": the function's default)
+    kind: str  # "train" | "generate" | "score" (no-grad forward, logits at every position) | "hold" (weights only)
+    batch: str = "batch_size"  # the Profile attribute that sizes it ("default": the function's default), or a number
     method: str = "full"
     copies: int = 0  # other copies of the model's weights the kernel holds at that moment
+    logits: str = "trained"  # train: "trained" (ftlab.train: answer positions), "all" (train_on="all": every
+    #                          position is trained) or "full" (transformers' loss: logits everywhere)
+    data: str = "instructions"  # the course data whose token lengths size it ("domain_corpus": plain text)
 
 
 # The heaviest moments of each notebook. Sizes are NOT here: they are Profile attributes (batch) and
@@ -56,41 +70,58 @@ NOTEBOOK_STEPS: dict[str, list[Step]] = {
         Step("method table: a fresh copy prepared next to the base model", "hold", copies=1),
     ],
     "01_data_preparation": [
+        Step("packing comparison: packed rows scored five ways (measure_packing_effect)", "score", 4, copies=0),
         Step("LoRA run on clean vs noisy data (fresh copy; base model kept)", "train", "quick_batch", "lora", 1),
     ],
     "02_loss_math": [
+        Step("training playground run (LoRA at its default batch; fresh copy, base model kept)", "train", "run_batch",
+             "lora", 1),
         Step("LoRA learning-rate runs (fresh copy; base model kept)", "train", "quick_batch", "lora", 1),
     ],
     "03_full_fine_tuning": [
+        Step("training playground run (LoRA at its default batch; fresh copy, base model kept)", "train", "run_batch",
+             "lora", 1),
+        Step("live estimator check: full FT step with transformers' loss (logits everywhere; base model kept)",
+             "train", "run_batch", "full", 1, logits="full"),
         Step("main full fine-tuning run of the base model", "train", "run_batch", "full", 0),
         Step("learning-rate runs: full FT of a fresh copy (tuned, overfit models and base weights kept)",
              "train", "run_batch", "full", 3),
     ],
     "04_lora_qlora": [
+        Step("training playground run (LoRA at its default batch; fresh copy, base model kept)", "train", "run_batch",
+             "lora", 1),
         Step("full fine-tuning run for the method table (fresh copy; base model kept)", "train", "run_batch", "full", 1),
         Step("LoRA run for the method table (base model and full-FT result kept)", "train", "run_batch", "lora", 2),
+        # PEFT's prompt-tuning wrapper takes no logits mask, so ftlab.train falls back to logits everywhere;
+        # frozen base with gradients through every layer: sized like LoRA
+        Step("prompt-tuning run of the method table (fresh copy; base model kept)", "train", "run_batch", "lora", 1,
+             logits="full"),
     ],
     "05_instruction_tuning": [
-        Step("second train_on run (base model and first run kept)", "train", "batch_size", "lora", 2),
+        Step("second train_on run, train_on='all' (base model and first run kept)", "train", "batch_size", "lora", 2,
+             logits="all"),
         Step("second end-of-turn run (base, two train_on runs and first stop run kept)", "train", "run_batch", "lora", 4),
     ],
     "06_evaluation": [
         Step("LoRA run after the full-FT run (base model and full-FT model kept)", "train", "run_batch", "lora", 2),
         Step("full fine-tuning run (fresh copy; base model kept)", "train", "run_batch", "full", 1),
         Step("evaluate base, full and LoRA models", "generate", "eval_batch_size", copies=2),
+        Step("domain perplexity of base, full and LoRA models (batch 4)", "score", 4, copies=2, data="domain_corpus"),
     ],
     # 07-09 were added later; they still size their batches inline (max(2, batch_size // 2) == run_batch).
     "07_alignment": [
         # run_batch pairs = batch_size sequences (chosen + rejected); the reference is the policy with adapters off
         Step("DPO run: LoRA on chosen + rejected sequences", "train", "batch_size", "lora", 0),
-        Step("SFT run before GRPO", "train", "batch_size", "lora", 0),
+        Step("SFT run before GRPO", "train", "run_batch", "lora", 0),
     ],
     "08_deployment": [
         Step("LoRA run of the model to deploy (fresh copy; base model kept)", "train", "run_batch", "lora", 1),
         Step("evaluate base and merged models", "generate", "eval_batch_size", copies=1),
     ],
     "09_continued_pretraining": [
-        Step("continued pretraining: full FT of a fresh copy (base model kept)", "train", "batch_size", "full", 1),
+        Step("continued pretraining: full FT of a fresh copy (base model kept)", "train", "batch_size", "full", 1,
+             logits="all", data="domain_corpus"),
+        Step("held-out domain perplexity (batch 8; base and adapted models)", "score", 8, copies=1, data="domain_corpus"),
         Step("SFT after CPT (base and CPT models kept)", "train", "run_batch", "lora", 2),
     ],
 }
@@ -106,7 +137,9 @@ def _hardware(device):
     return HARDWARE[device]
 
 
-def _batch(profile, name: str) -> int:
+def _batch(profile, name) -> int:
+    if isinstance(name, int):
+        return name
     if name == "default":  # the notebooks call evaluate_model without batch_size: read its default
         import inspect
 
@@ -116,21 +149,22 @@ def _batch(profile, name: str) -> int:
     return int(getattr(profile, name))
 
 
-@functools.lru_cache(maxsize=4)
-def _course_examples(train_size: int, max_length: int) -> tuple:
+@functools.lru_cache(maxsize=8)
+def _course_examples(data: str, train_size: int, max_length: int) -> tuple:
     from ftlab.data import load_course_data, load_records, tokenize_dataset
     from ftlab.models import load_tokenizer
 
     # All three profiles use SmolLM2's tokenizer ("tiny" borrows it), so this needs no large model.
-    records = load_records(load_course_data("instructions", "train", limit=train_size), verbose=False)
+    raw = load_course_data("instructions", "train", limit=train_size) if data == "instructions" else load_course_data(data)
+    records = load_records(raw, verbose=False)
     return tuple(tokenize_dataset(records, load_tokenizer("tiny"), max_length=max_length, progress=False, verbose=False))
 
 
-def _course_batch(profile, batch_size: int) -> tuple[int, int]:
+def _course_batch(profile, batch_size: int, data: str = "instructions") -> tuple[int, int]:
     """(padded length, trained tokens) of the largest batch of the profile's training data."""
     from ftlab.budget import longest_batch
 
-    return longest_batch(_course_examples(profile.train_size, profile.max_length), batch_size, profile.max_length)
+    return longest_batch(_course_examples(data, profile.train_size, profile.max_length), batch_size, profile.max_length)
 
 
 def step_peak(step: Step, profile, device="cpu") -> dict:
@@ -145,11 +179,22 @@ def step_peak(step: Step, profile, device="cpu") -> dict:
     batch = _batch(profile, step.batch)
     weights = arch.num_parameters() * DTYPE_BYTES[dtype]
     if step.kind == "train":
-        seq_len, trained = _course_batch(profile, batch)
+        seq_len, trained = _course_batch(profile, batch, step.data)
+        if step.logits == "all":  # plain text or train_on="all": every position has a label
+            trained = batch * seq_len
         est = estimate_memory(arch, method=step.method, batch_size=batch, seq_len=seq_len, param_dtype=dtype,
                               mixed_precision="bf16" if kind == "cuda" and dtype == "fp32" else None,
-                              lora_rank=profile.lora_rank, loss="trained", trained_tokens=trained, device=target)
+                              lora_rank=profile.lora_rank, loss="full" if step.logits == "full" else "trained",
+                              trained_tokens=trained, device=target)
         run, detail = est.total_bytes, f"{step.method}, batch {batch} x {seq_len} tokens, {est.peak_phase}"
+        if kind == "cpu":  # the heap's share: all but the weights and the big logits (those are mmapped)
+            heap = est.total_bytes - weights - est.by_category().get("logits & loss", 0)
+            run = est.total_bytes + int((CPU_TRAIN_HEAP_FACTOR - 1) * heap)
+            detail += f"; heap part x{CPU_TRAIN_HEAP_FACTOR:g} on a CPU"
+    elif step.kind == "score":
+        seq_len = profile.max_length if step.data == "instructions" else _course_batch(profile, batch, step.data)[0]
+        run = weights + score_bytes(arch, batch, seq_len)
+        detail = f"no-grad forward, batch {batch} x {seq_len} tokens, logits at every position"
     elif step.kind == "generate":
         est = estimate_inference_memory(arch, batch_size=batch, context_len=profile.max_length + profile.max_new_tokens,
                                         param_dtype=dtype, device=target)
@@ -159,6 +204,15 @@ def step_peak(step: Step, profile, device="cpu") -> dict:
     peak = KERNEL_BASE_BYTES + run + step.copies * weights
     return dict(step=step.what, detail=detail, run_bytes=run, copies=step.copies, copies_bytes=step.copies * weights,
                 peak_bytes=peak)
+
+
+def score_bytes(arch, batch: int, seq_len: int) -> int:
+    """A no-gradient forward pass that scores every token (perplexity, packing checks): the fp32 logits
+    and the log-softmax that cross-entropy makes of them (two ``batch x seq_len x vocab`` tensors,
+    49,152 wide for SmolLM2: they dwarf everything else), plus one layer's working tensors."""
+    logits = 2 * batch * seq_len * arch.vocab * 4
+    layer = batch * seq_len * (3 * arch.intermediate + 4 * arch.hidden) * 4
+    return logits + layer
 
 
 def notebook_peaks(profile=None, device="cpu") -> list[dict]:

@@ -32,7 +32,7 @@ def vm_hwm(pid: int) -> int:
     raise RuntimeError(f"no VmHWM for pid {pid}")
 
 
-def measure(notebook: Path, profile: str, timeout: int = 1800) -> dict:
+def measure(notebook: Path, profile: str, timeout: int = 1800, output_dir: str | None = None) -> dict:
     """Run ``notebook`` in a fresh kernel under ``profile``; return its peak RSS and where it happened."""
     import nbformat
     from nbclient import NotebookClient
@@ -53,6 +53,9 @@ def measure(notebook: Path, profile: str, timeout: int = 1800) -> dict:
 
     client.on_cell_executed = after_cell
     client.execute()
+    if output_dir:  # the executed notebook, outputs included, to read its numbers afterwards
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, Path(output_dir) / notebook.name)
     peak = max(b for _, b in marks)
     first_at_peak = next(i for i, b in marks if b >= peak - 16 * 2**20)  # the cell that (nearly) set it
     errors = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
@@ -67,6 +70,7 @@ def main(argv=None) -> int:
     parser.add_argument("--notebooks", nargs="+", default=["00", "01", "02"], help="notebook numbers")
     parser.add_argument("--tolerance", type=float, default=0.15)
     parser.add_argument("--json", help="also write the rows here")
+    parser.add_argument("--output-dir", help="also save the executed notebooks (with outputs) here")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from ftlab.workshop import notebook_peaks
@@ -76,7 +80,7 @@ def main(argv=None) -> int:
     print(f"{'notebook':<26} {'plan':>9} {'measured':>9} {'error':>7}  plan's heaviest step / measured peak cell")
     for number in args.notebooks:
         path = next((ROOT / "notebooks").glob(f"{number}_*.ipynb"))
-        row = measure(path, args.profile)
+        row = measure(path, args.profile, output_dir=args.output_dir)
         plan = planned[path.stem]
         row.update(plan_bytes=plan["peak_bytes"], heaviest_step=plan["heaviest_step"])
         row["error_pct"] = round(100 * (row["plan_bytes"] - row["measured_bytes"]) / row["measured_bytes"], 1)

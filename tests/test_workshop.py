@@ -58,6 +58,22 @@ def test_plan_reads_sizes_from_the_profile_and_schedules_waves():
     assert "| 03_full_fine_tuning |" in md and "FTLAB_MEMORY_BUDGET_GIB" in md
 
 
+def test_plan_counts_passes_that_score_every_position():
+    """Perplexity, train_on="all" and transformers' own loss put logits at every position: 49,152 fp32
+    numbers per token, which the plan must count (they were the misses of the first RSS check)."""
+    from ftlab.memory import get_architecture
+    from ftlab.profiles import get_profile
+
+    prof, arch = get_profile("laptop"), get_architecture("smollm2-135m-instruct")
+    assert workshop.score_bytes(arch, 8, 256) >= 2 * 8 * 256 * 49152 * 4
+    assert workshop.score_bytes(arch, 8, 256) > 1.9 * workshop.score_bytes(arch, 4, 256)
+    peak = {logits: workshop.step_peak(workshop.Step("a run", "train", "batch_size", "lora", logits=logits), prof)["run_bytes"]
+            for logits in ("trained", "all", "full")}
+    assert peak["trained"] < peak["all"] <= peak["full"]
+    score = workshop.step_peak(workshop.Step("perplexity", "score", 8), prof)
+    assert score["run_bytes"] == arch.num_parameters() * 4 + workshop.score_bytes(arch, 8, prof.max_length)
+
+
 def test_plan_cli_markdown_and_json(capsys):
     from ftlab.cli import main
 
