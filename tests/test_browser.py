@@ -23,6 +23,7 @@ On failure the test keeps ``<case>_failure.png``, the browser console and the Ju
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -310,21 +311,21 @@ def chromium_path():
     return str(CHROMIUM)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_slider_changes_output_in_jupyterlab(case: BrowserCase, chromium_path, tmp_path):
+@contextlib.contextmanager
+def notebook_run_all(tmp_path, chromium_path, notebook: Path | None, artifacts: str):
+    """JupyterLab on a copy of ``notebook`` (None: the demo notebook), opened in headless Chromium, kernel
+    ready, Run All pressed. Yields ``(page, lab)``. On a failure it keeps a screenshot, the browser console
+    and JupyterLab's log under ``ARTIFACTS/<artifacts>_failure*``; it always closes the browser and stops
+    JupyterLab (``lab.clean_exit`` says how that went)."""
     sync_api = pytest.importorskip("playwright.sync_api")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for old in ARTIFACTS.glob(f"{case.name}_*"):
-        old.unlink()
-
     # A temporary copy laid out like the repository (notebooks/ next to data/), so running it
     # never writes outputs into the repository's notebooks and relative paths still work.
     root = tmp_path / "lab"
     (root / "notebooks").mkdir(parents=True)
-    if case.notebook is None:
+    if notebook is None:
         notebook = demo_notebook(root / "notebooks" / "demo.ipynb")
     else:
-        notebook = Path(shutil.copy(case.notebook, root / "notebooks" / case.notebook.name))
+        notebook = Path(shutil.copy(notebook, root / "notebooks" / notebook.name))
         if (ROOT / "data").is_dir():
             (root / "data").symlink_to(ROOT / "data")
     lab = JupyterLab(root, tmp_path / "state")
@@ -344,40 +345,47 @@ def test_slider_changes_output_in_jupyterlab(case: BrowserCase, chromium_path, t
                 lab.wait_kernel_connected()
                 page.locator(".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(
                     timeout=60_000)
-
                 page.locator(".lm-MenuBar-item", has_text="Run").click()
                 page.locator(".lm-Menu-item[data-command='runmenu:run-all']").click()
-
-                # All cells done (kernel idle again), then the slider and its output must be on the page.
-                _wait_all_cells_run(page, case.run_timeout_s)
-                before = _wait_for_state(page, case.slider, lambda st: st["images"] or st["text"],
-                                         30, f"no slider {case.slider!r} with output appeared")
-                slider = page.locator(".widget-slider").filter(has=page.get_by_text(case.slider, exact=True)).first
-                widget = page.locator(".jp-OutputArea-output").filter(has=slider).last  # slider + its output
-                widget.scroll_into_view_if_needed()
-                page.screenshot(path=ARTIFACTS / f"{case.name}_1_before.png")
-                widget.screenshot(path=ARTIFACTS / f"{case.name}_1_before_widget.png")
-
-                # Move the slider the way a keyboard user would: focus its handle, press the arrows.
-                slider.locator(".noUi-handle").first.focus()
-                for _ in range(case.presses):
-                    page.keyboard.press("ArrowRight")
-                _wait_for_state(page, case.slider, lambda st: st["readout"] != before["readout"], 10,
-                                "the slider's value did not change after the key presses")
-                after = _settled_state(page, lab, case.slider)
-                widget.scroll_into_view_if_needed()
-                page.screenshot(path=ARTIFACTS / f"{case.name}_2_after.png")
-                widget.screenshot(path=ARTIFACTS / f"{case.name}_2_after_widget.png")
+                yield page, lab
             except Exception:
                 # Keep what the browser showed, and its console, for whoever reads the CI log.
-                page.screenshot(path=ARTIFACTS / f"{case.name}_failure.png")
-                (ARTIFACTS / f"{case.name}_failure_console.txt").write_text("\n".join(console))
-                shutil.copy(lab.log, ARTIFACTS / f"{case.name}_failure_jupyterlab.log")
+                page.screenshot(path=ARTIFACTS / f"{artifacts}_failure.png")
+                (ARTIFACTS / f"{artifacts}_failure_console.txt").write_text("\n".join(console))
+                shutil.copy(lab.log, ARTIFACTS / f"{artifacts}_failure_jupyterlab.log")
                 raise
             finally:
                 browser.close()
     finally:
         lab.shutdown()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_slider_changes_output_in_jupyterlab(case: BrowserCase, chromium_path, tmp_path):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for old in ARTIFACTS.glob(f"{case.name}_*"):
+        old.unlink()
+    with notebook_run_all(tmp_path, chromium_path, case.notebook, case.name) as (page, lab):
+        # All cells done (kernel idle again), then the slider and its output must be on the page.
+        _wait_all_cells_run(page, case.run_timeout_s)
+        before = _wait_for_state(page, case.slider, lambda st: st["images"] or st["text"],
+                                 30, f"no slider {case.slider!r} with output appeared")
+        slider = page.locator(".widget-slider").filter(has=page.get_by_text(case.slider, exact=True)).first
+        widget = page.locator(".jp-OutputArea-output").filter(has=slider).last  # slider + its output
+        widget.scroll_into_view_if_needed()
+        page.screenshot(path=ARTIFACTS / f"{case.name}_1_before.png")
+        widget.screenshot(path=ARTIFACTS / f"{case.name}_1_before_widget.png")
+
+        # Move the slider the way a keyboard user would: focus its handle, press the arrows.
+        slider.locator(".noUi-handle").first.focus()
+        for _ in range(case.presses):
+            page.keyboard.press("ArrowRight")
+        _wait_for_state(page, case.slider, lambda st: st["readout"] != before["readout"], 10,
+                        "the slider's value did not change after the key presses")
+        after = _settled_state(page, lab, case.slider)
+        widget.scroll_into_view_if_needed()
+        page.screenshot(path=ARTIFACTS / f"{case.name}_2_after.png")
+        widget.screenshot(path=ARTIFACTS / f"{case.name}_2_after_widget.png")
 
     assert after["readout"] != before["readout"], f"the slider did not move from {before['readout']}"
     assert (after["images"], after["text"]) != (before["images"], before["text"]), (
@@ -432,62 +440,32 @@ def _wait_playground(page, ready, timeout: float, what: str) -> dict:
 
 def test_playground_run_adds_a_curve_and_a_row_in_jupyterlab(chromium_path, tmp_path):
     """Run All on notebook 02, move the playground's "steps" slider, press Run: a new curve and a new row."""
-    sync_api = pytest.importorskip("playwright.sync_api")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for old in ARTIFACTS.glob("playground_*"):
         old.unlink()
-    root = tmp_path / "lab"
-    (root / "notebooks").mkdir(parents=True)
-    notebook = Path(shutil.copy(PLAYGROUND_NOTEBOOK, root / "notebooks" / PLAYGROUND_NOTEBOOK.name))
-    (root / "data").symlink_to(ROOT / "data")
-    lab = JupyterLab(root, tmp_path / "state")
-    console: list[str] = []
-    try:
-        lab.wait_ready()
-        with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=chromium_path, headless=True, args=CHROMIUM_FLAGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-            page.set_default_timeout(30_000)
-            try:
-                page.goto(lab.url(f"lab/tree/notebooks/{notebook.name}"), timeout=90_000)
-                page.locator(".jp-NotebookPanel .jp-Cell").first.wait_for(timeout=90_000)
-                lab.wait_kernel_connected()
-                page.locator(".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(
-                    timeout=60_000)
-                page.locator(".lm-MenuBar-item", has_text="Run").click()
-                page.locator(".lm-Menu-item[data-command='runmenu:run-all']").click()
-                _wait_all_cells_run(page, 600)
+    with notebook_run_all(tmp_path, chromium_path, PLAYGROUND_NOTEBOOK, "playground") as (page, lab):
+        _wait_all_cells_run(page, 600)
 
-                # The notebook's own cell ran one playground run: the table shows it.
-                before = _wait_playground(page, lambda st: len(st["rows"]) >= 1 and st["steps"], 60,
-                                          "no playground panel with a table row appeared")
-                panel = page.locator(".ftlab-playground").first
-                panel.scroll_into_view_if_needed()
-                panel.screenshot(path=ARTIFACTS / "playground_1_before.png")
+        # The notebook's own cell ran one playground run: the table shows it.
+        before = _wait_playground(page, lambda st: len(st["rows"]) >= 1 and st["steps"], 60,
+                                  "no playground panel with a table row appeared")
+        panel = page.locator(".ftlab-playground").first
+        panel.scroll_into_view_if_needed()
+        panel.screenshot(path=ARTIFACTS / "playground_1_before.png")
 
-                # Move the "steps" slider one step right with the keyboard, then press Run.
-                slider = panel.locator(".widget-slider").filter(has=page.get_by_text("steps", exact=True)).first
-                slider.locator(".noUi-handle").first.focus()
-                page.keyboard.press("ArrowRight")
-                moved = _wait_playground(page, lambda st: st["steps"] != before["steps"], 10,
-                                         "the steps slider did not move")
-                panel.locator("button[title='Run']").click()
-                after = _wait_playground(page, lambda st: len(st["rows"]) == len(before["rows"]) + 1, 300,
-                                         "pressing Run added no row to the table")
-                after = _wait_playground(page, lambda st: st["image"] != before["image"] and "done" in st["status"],
-                                         60, "the plot did not change after the run")
-                panel.scroll_into_view_if_needed()
-                panel.screenshot(path=ARTIFACTS / "playground_2_after.png")
-            except Exception:
-                page.screenshot(path=ARTIFACTS / "playground_failure.png")
-                (ARTIFACTS / "playground_failure_console.txt").write_text("\n".join(console))
-                shutil.copy(lab.log, ARTIFACTS / "playground_failure_jupyterlab.log")
-                raise
-            finally:
-                browser.close()
-    finally:
-        lab.shutdown()
+        # Move the "steps" slider one step right with the keyboard, then press Run.
+        slider = panel.locator(".widget-slider").filter(has=page.get_by_text("steps", exact=True)).first
+        slider.locator(".noUi-handle").first.focus()
+        page.keyboard.press("ArrowRight")
+        moved = _wait_playground(page, lambda st: st["steps"] != before["steps"], 10,
+                                 "the steps slider did not move")
+        panel.locator("button[title='Run']").click()
+        after = _wait_playground(page, lambda st: len(st["rows"]) == len(before["rows"]) + 1, 300,
+                                 "pressing Run added no row to the table")
+        after = _wait_playground(page, lambda st: st["image"] != before["image"] and "done" in st["status"],
+                                 60, "the plot did not change after the run")
+        panel.scroll_into_view_if_needed()
+        panel.screenshot(path=ARTIFACTS / "playground_2_after.png")
 
     steps = int(moved["steps"])
     assert steps == int(before["steps"]) + 1
