@@ -57,7 +57,7 @@ bench: setup model
 # Five-minute GPU preflight (instructors, before a workshop): bf16 LoRA, QLoRA, 8-bit AdamW, full FT,
 # generation, the memory estimate against CUDA's counters, unified-memory facts. No GPU: a CPU self-test, exit 0.
 gpu-check: setup model
-	$(PY) -m ftlab.memory.gpu_check
+	$(PY) -m ftlab.preflight.gpu_check
 
 # A rehearsal of the workshop hub (workshop/, docs/workshop.md) on http://127.0.0.1:8000, as root
 # (it switches to each participant's Unix user). Participants: workshop/participants.py add N.

@@ -28,17 +28,17 @@ _EXPORTS = {
     "render_token_view": "data.templates", "mask_prompt_tokens": "data.templates",
     "collate": "data.batching", "make_batches": "data.batching", "padding_waste": "data.batching",
     "pack_examples": "data.batching",
-    "load_course_data": "data.course", "score_example": "data.course",
+    "load_course_data": "data.course", "score_example": "evaluate.scoring",
     "prepare_model": "training.methods", "count_parameters": "training.parameters",
     "TrainConfig": "training.config", "TrainResult": "training.config", "train": "training.loop",
-    "Playground": "training.playground", "playground": "training.playground_panel",
+    "Playground": "ui.playground", "playground": "ui.playground_panel",
     "estimate_memory": "memory.estimator", "estimate_inference_memory": "memory.inference",
     "HARDWARE": "memory.hardware",
     "evaluate_model": "evaluate.harness", "compare_models": "evaluate.compare",
     "bootstrap_ci": "evaluate.stats",
     "check": "exercises.answers",
-    "quiet": "widgets",
-    "doctor": "system", "setup_check": "system",
+    "quiet": "ui.widgets",
+    "doctor": "preflight.system", "setup_check": "preflight.system",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

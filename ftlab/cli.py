@@ -95,11 +95,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "doctor":
-        from ftlab.system import doctor
+        from ftlab.preflight import doctor
 
         ok = doctor().ok
         if args.gpu:
-            from ftlab.memory.gpu_check import main as gpu_check
+            from ftlab.preflight.gpu_check import main as gpu_check
 
             ok = (gpu_check([]) == 0) and ok
         return 0 if ok else 1

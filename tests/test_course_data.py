@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from ftlab.data import course as course_data
-from ftlab.data import (LABELS, SYSTEM_PROMPT, TASKS, load_course_data, score_example,
-                               score_probe)
+from ftlab.data import LABELS, SYSTEM_PROMPT, TASKS, load_course_data
+from ftlab.evaluate import score_example, score_probe
 from ftlab.data import find_leaks, load_records
 
 DATA = Path(__file__).resolve().parent.parent / "data"

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ftlab.memory import gpu_check as G
+from ftlab.preflight import gpu_check as G
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

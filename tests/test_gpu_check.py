@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ftlab.memory import gpu_check as G
+from ftlab.preflight import gpu_check as G
 
 
 def test_without_a_gpu_it_says_so_runs_the_self_test_and_exits_0(capsys, monkeypatch):
@@ -20,7 +20,7 @@ def test_with_cuda_mocked_the_table_reports_every_check_and_fails_on_one(capsys,
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: Props())
-    monkeypatch.setattr(G, "gpu_checks", lambda: [("good", lambda: G.Row("good", True, "fine")),
+    monkeypatch.setattr(G, "gpu_checks", lambda: [("good", lambda: G.Check("good", True, "fine")),
                                                    ("bad", lambda: G.compare("est", 130, 100))])
     assert G.main([]) == 1
     out = capsys.readouterr().out
@@ -32,9 +32,9 @@ def test_run_checks_turns_errors_into_rows_and_keeps_to_the_budget():
 
     def slow_ok():
         now[0] += 400   # this check uses up the whole budget
-        return G.Row("ok", True, "")
+        return G.Check("ok", True, "")
 
-    rows = G.run_checks([("boom", lambda: 1 / 0), ("ok", slow_ok), ("late", lambda: G.Row("late", True, ""))],
+    rows = G.run_checks([("boom", lambda: 1 / 0), ("ok", slow_ok), ("late", lambda: G.Check("late", True, ""))],
                         budget_s=300, clock=lambda: now[0])
     assert [r.ok for r in rows] == [False, True, False]
     assert "ZeroDivisionError" in rows[0].detail and rows[1].seconds == 400 and "budget" in rows[2].detail

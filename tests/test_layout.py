@@ -1,10 +1,12 @@
-"""The package's layout: every module named in docs/architecture.md, small modules and functions, no
-import cycles, and public names that resolve to what they say (not to a submodule of the same name)."""
+"""The package's layout: every module named in docs/architecture.md, small modules and functions, the
+declared layers (no import goes up one, no cycles, counted through every kind of import), exports that
+something uses, and public names that resolve to what they say (not to a submodule of the same name)."""
 
 from __future__ import annotations
 
 import importlib
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -39,6 +41,62 @@ def test_no_import_cycles():
     report = layout_report.report()
     assert report["cycles"] == [], f"import cycles at module level: {report['cycles']}"
     assert report["lazy_cycles"] == [], f"import cycles through imports inside functions: {report['lazy_cycles']}"
+    assert report["package_cycles"] == [], f"packages that import one another: {report['package_cycles']}"
+
+
+def test_no_import_goes_up_a_layer():
+    report = layout_report.report()
+    assert report["unplaced"] == [], (f"put these in a layer (scripts/layout_report.py LAYERS and "
+                                      f"docs/architecture.md): {report['unplaced']}")
+    assert report["upward"] == [], "imports that go up a layer:\n" + "\n".join(report["upward"])
+
+
+def test_layers_are_the_ones_the_doc_declares():
+    """docs/architecture.md's "Layers" list and LAYERS name the same units in the same order."""
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    section = doc.split("## Layers", 1)[1].split("\n## ", 1)[0]
+    declared = [(m.group(1), re.findall(r"`(ftlab[\w.]*)`", m.group(2)))
+                for m in re.finditer(r"^\d+\. \*\*([^*]+)\*\*:?(.*)$", section, flags=re.M)]
+    assert declared == [(name, units) for name, units in layout_report.LAYERS]
+
+
+def _write(root: Path, files: dict):
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+
+def test_an_import_that_goes_up_is_caught_however_it_is_written(tmp_path):
+    """Inside a function, through a package's exports, through the top-level lazy table, relative:
+    each resolves to the defining module and is reported with file:line."""
+    _write(tmp_path, {
+        "ftlab/__init__.py": '_EXPORTS = {"score": "evaluate.scoring"}\n',
+        "ftlab/evaluate/__init__.py": "from ftlab.evaluate.scoring import score\n",
+        "ftlab/evaluate/scoring.py": "def score(): return 1\n",
+        "ftlab/data/__init__.py": "",
+        "ftlab/data/a.py": "def f():\n    from ftlab.evaluate import score\n    return score()\n",
+        "ftlab/data/b.py": "from ftlab import score\n",
+        "ftlab/data/c.py": "from ..evaluate.scoring import score\n",
+        "ftlab/data/d.py": "import ftlab\n\n\ndef g():\n    return ftlab.score()\n",
+        "ftlab/evaluate/ok.py": "from ftlab.data import a\n",  # down a layer: fine
+    })
+    upward = layout_report.report(root=tmp_path)["upward"]
+    assert [u.split(" (")[0] for u in upward] == ["ftlab/data/a.py:2: ftlab.data.a", "ftlab/data/b.py:1: ftlab.data.b",
+                                                  "ftlab/data/c.py:1: ftlab.data.c", "ftlab/data/d.py:5: ftlab.data.d"]
+    assert all("imports ftlab.evaluate.scoring (layer evaluate)" in u and "own layer or lower ones" in u for u in upward)
+
+
+def test_every_export_is_used_outside_its_module():
+    unused = layout_report.unused_exports(ROOT)
+    assert unused == [], f"exported, but nothing outside the defining module imports them from the package: {unused}"
+
+
+def test_import_ftlab_and_the_workshop_plan_need_no_torch():
+    """The hub imports ftlab.workshop before any kernel exists, and `import ftlab` stays instant."""
+    code = "import sys, ftlab, ftlab.workshop, ftlab.profiles; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
 
 
 def test_modules_and_functions_fit_in_one_sitting():
@@ -72,16 +130,12 @@ def _says_why(qualified: str) -> bool:
     return False
 
 
-PACKAGES = ["ftlab", "ftlab.data", "ftlab.training", "ftlab.memory", "ftlab.evaluate", "ftlab.evaluate.metrics",
-            "ftlab.exercises"]
-
-
-@pytest.mark.parametrize("package", PACKAGES)
-def test_every_export_resolves_to_its_definition(package):
-    pkg = importlib.import_module(package)
+def test_top_level_exports_resolve_to_their_definition():
+    """``ftlab``'s lazy table (the only one: it keeps ``import ftlab`` free of torch)."""
+    pkg = importlib.import_module("ftlab")
     for name, module in pkg._EXPORTS.items():
         value = getattr(pkg, name)
-        defining = importlib.import_module(f"{package}.{module}")
-        assert getattr(defining, name) is value, f"{package}.{name} is not {package}.{module}.{name}"
+        defining = importlib.import_module(f"ftlab.{module}")
+        assert getattr(defining, name) is value, f"ftlab.{name} is not ftlab.{module}.{name}"
         # Importing every submodule must not replace a function by a module of the same name.
-        assert not isinstance(value, type(pkg)), f"{package}.{name} resolves to a module"
+        assert not isinstance(value, type(pkg)), f"ftlab.{name} resolves to a module"

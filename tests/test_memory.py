@@ -125,7 +125,7 @@ def test_lora_parameter_count_equals_peft(targets):
     dict(method="full", batch_size=4, seq_len=64, trained_fraction=0.25),   # ftlab.train's loss (loss="trained")
 ])
 def test_estimate_matches_memtracker_on_the_tiny_model(cfg_kwargs):
-    from ftlab.bench.memory import Config, build, estimate_for, make_batch, measure_training_peak
+    from ftlab.training.measure import Config, build, estimate_for, make_batch, measure_training_peak
     from ftlab.training import count_trained_tokens
 
     torch.manual_seed(0)
@@ -255,7 +255,7 @@ def test_cli_prints_the_breakdown(capsys):
 
 
 def test_explorer_update_without_a_browser():
-    from ftlab.memory import MemoryExplorer, plot_breakdown
+    from ftlab.ui import MemoryExplorer, plot_breakdown
 
     ex = MemoryExplorer(model="llama-3.1-8b", device="rtx-4090-24gb")
     s = ex.update(method="full", param_dtype="bf16", batch_size=4, seq_len=2048)
@@ -363,7 +363,7 @@ def test_phase_optimizer_step_temporaries_by_implementation():
 
 
 def test_peft_metamathqa_published_rows_within_ten_percent():
-    """PEFT's published L40S measurements (tests/fixtures/peft_metamathqa_memory.json, with their source)."""
+    """PEFT's published L40S measurements (ftlab/memory/peft_metamathqa_memory.json, with their source)."""
     from ftlab.memory.published import FIXTURE, compare_peft_metamathqa
 
     data = json.loads(FIXTURE.read_text())

@@ -8,8 +8,8 @@ import pytest
 
 import ftlab
 from ftlab.profiles import get_profile
-from ftlab.training import Playground, Settings, SettingsError, check_settings
-from ftlab.training import playground as pg_module
+from ftlab.ui import Playground, Settings, SettingsError, check_settings
+from ftlab.ui import playground as pg_module
 
 GOOD = Settings(method="lora", lr=1e-3, lora_rank=4, steps=3, batch_size=2, warmup=0, packing=False)
 
@@ -106,7 +106,7 @@ def test_figure_draws_every_run(pg):
 
 def test_panel_reports_bad_settings_runs_in_a_thread_and_stops(pg):
     pytest.importorskip("ipywidgets")
-    from ftlab.training import PlaygroundPanel
+    from ftlab.ui import PlaygroundPanel
 
     panel = PlaygroundPanel(pg)
     panel.steps.value = 0
@@ -138,7 +138,7 @@ def test_panel_reports_bad_settings_runs_in_a_thread_and_stops(pg):
 
 def test_panel_shows_a_failing_run_as_a_message(pg, monkeypatch):
     pytest.importorskip("ipywidgets")
-    from ftlab.training import PlaygroundPanel
+    from ftlab.ui import PlaygroundPanel
 
     def broken(*a, **k):
         raise RuntimeError("out of memory (simulated)")

@@ -3,24 +3,12 @@ reference, the DPO / IPO / ORPO / GRPO losses, verifiable rewards, GRPO sampling
 loop they share with ``ftlab.train``.
 """
 
-from ftlab._lazy import lazy_exports
-
-# public name -> submodule that defines it
-_EXPORTS = {
-    "FIELDS": "preferences", "check_preference": "preferences", "load_preferences": "preferences",
-    "tokenize_preference": "preferences", "tokenize_preferences": "preferences",
-    "collate_preferences": "preferences", "split_pairs": "preferences",
-    "token_logprobs": "logprobs", "sequence_logprobs": "logprobs", "reference_model": "logprobs",
-    "reference_logprobs": "logprobs", "precompute_reference": "logprobs",
-    "dpo_loss": "losses", "orpo_loss": "losses", "log1mexp": "losses", "group_advantages": "losses",
-    "grpo_loss": "losses",
-    "RewardError": "rewards", "json_reward": "rewards", "label_reward": "rewards", "format_reward": "rewards",
-    "task_reward": "rewards", "length_reward": "rewards", "score_completions": "rewards",
-    "grpo_prompts": "grpo", "sample_completions": "grpo", "completion_batch": "grpo", "grpo_step": "grpo", "grpo_batch_loss": "grpo",
-    "train_grpo": "grpo",
-    "implicit_margins": "evaluate", "kl_from_reference": "evaluate", "step_peak_mb": "evaluate",
-    "LOSSES": "loop", "AlignConfig": "loop", "preference_loss": "loop", "step_indices": "loop",
-    "run_steps": "loop", "train_preferences": "loop",
-}
-
-__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
+# The package's public names: imported from here by notebooks, tests and other packages.
+from ftlab.align.evaluate import implicit_margins, kl_from_reference
+from ftlab.align.grpo import completion_batch, grpo_prompts, sample_completions, train_grpo
+from ftlab.align.logprobs import precompute_reference, reference_logprobs, sequence_logprobs, token_logprobs
+from ftlab.align.loop import AlignConfig, preference_loss, train_preferences
+from ftlab.align.losses import dpo_loss, group_advantages, grpo_loss
+from ftlab.align.preferences import collate_preferences, load_preferences, split_pairs, tokenize_preferences
+from ftlab.align.rewards import (RewardError, format_reward, json_reward, label_reward, length_reward,
+                                 score_completions, task_reward)

@@ -1,4 +1,4 @@
-"""Measuring an aligned model: preference accuracy, KL from the reference, and a step's peak memory.
+"""Measuring an aligned model: preference accuracy and KL from the reference.
 
 - ``implicit_margins``: per held-out pair, the DPO implicit reward margin
   ``(log pi(chosen) - log ref(chosen)) - (log pi(rejected) - log ref(rejected))`` (beta left out);
@@ -7,9 +7,10 @@
   what the base model "prefers" on its own.
 - ``kl_from_reference``: the exact KL(policy || reference) of the next-token distributions, summed over
   the vocabulary, averaged over the answer tokens of fixed texts: how far the policy drifted.
-- ``step_peak_mb``: the peak of tensor memory during one training step (CUDA's counter on a GPU,
-  torch's ``MemTracker`` on a CPU, which counts tensors, not the process; ``ftlab.bench.memory.tensor_tracker``
-  keeps only its global peak, which makes it about 10x cheaper on a 30-layer model).
+
+A step's peak memory is ``ftlab.training.measure.step_peak_mb`` (CUDA's counter on a GPU, torch's
+``MemTracker`` on a CPU, which counts tensors, not the process; ``tensor_tracker`` keeps only its global
+peak, which makes it about 10x cheaper on a 30-layer model).
 """
 
 from __future__ import annotations
@@ -84,21 +85,3 @@ def kl_from_reference(model, examples, batch_size: int = 8, pad_token_id: int = 
         count += policy.shape[0]
     model.train(was_training)
     return total / max(count, 1)
-
-
-def step_peak_mb(step, model) -> float:
-    """Peak tensor memory (MiB) while ``step()`` runs (one forward + backward of a training step)."""
-    device = next(model.parameters()).device
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    from ftlab.bench.memory import tensor_tracker  # MemTracker keeping only the global peak (fast)
-
-    tracker = tensor_tracker()
-    tracker.track_external(model)
-    with tracker:
-        step()
-    return max(d["Total"] for d in tracker.get_tracker_snapshot("peak").values()) / 2**20

@@ -30,6 +30,7 @@ from ftlab.training import (TrainConfig, TrainResult, build_optimizer, build_sch
                             is_peft_model, next_token_targets, prepare_model, progress_bar, format_postfix,
                             RunLogger, save_adapter)
 from ftlab.training import checkpoint as ckpt
+from ftlab.training.measure import peak_memory_mb
 
 LOSSES = ("dpo", "ipo", "orpo", "grpo")
 
@@ -170,7 +171,7 @@ def run_steps(model, tokenizer, config: AlignConfig, step_fn, callbacks=(), set_
         step += 1
         elapsed = time.time() - t0
         record.update({"step": step, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": record.get("tokens", 0) / elapsed,
-                       "peak_memory_mb": _peak_memory_mb(device), "elapsed_s": time.time() - t_loop})
+                       "peak_memory_mb": peak_memory_mb(device), "elapsed_s": time.time() - t_loop})
         history.append(record)
         logger.log(record)
         bar.update(1)
@@ -191,15 +192,6 @@ def run_steps(model, tokenizer, config: AlignConfig, step_fn, callbacks=(), set_
                        final_path=final_path, merged_path=None, best_checkpoint=None, best_val_loss=None,
                        last_checkpoint=last_ckpt, stopped_because="max_steps" if step >= config.max_steps else "callback",
                        wall_time_s=time.time() - t_start)
-
-
-def _peak_memory_mb(device) -> float:
-    """Peak memory so far: allocated CUDA memory on a GPU, the process's peak RSS on a CPU (as ftlab.train)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # --------------------------------------------------------------------------- preference training

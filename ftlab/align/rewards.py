@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from ftlab.data import score_example
+from ftlab.evaluate.scoring import score_example
 from ftlab.evaluate import is_valid_json, json_field_accuracy, exact_match
 
 CHATTY_OPENINGS = ("sure", "of course", "here is", "here's", "certainly", "the answer is")

@@ -32,15 +32,9 @@ import time
 
 import torch
 
+from ftlab.training.measure import peak_memory_mb
+
 TARGETS = {"speed": 1.0}
-
-
-def _peak_mb(device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _records(n):
@@ -75,7 +69,7 @@ def side_ftlab(args) -> dict:
     tokens = result.history[-1]["tokens"]  # the same batch every step
     seconds = ends[-1] - ends[args.warmup - 1]
     return {"losses": [h["loss"] for h in result.history], "tok_s": tokens * args.steps / seconds,
-            "s_per_step": seconds / args.steps, "peak_mb": _peak_mb(args.device), "tokens_per_step": tokens}
+            "s_per_step": seconds / args.steps, "peak_mb": peak_memory_mb(args.device), "tokens_per_step": tokens}
 
 
 def side_trl(args) -> dict:
@@ -112,7 +106,7 @@ def side_trl(args) -> dict:
     tokens = int(first["attention_mask"].sum())
     seconds = ends[-1] - ends[args.warmup - 1]
     return {"losses": losses, "tok_s": tokens * args.steps / seconds, "s_per_step": seconds / args.steps,
-            "peak_mb": _peak_mb(args.device), "tokens_per_step": tokens}
+            "peak_mb": peak_memory_mb(args.device), "tokens_per_step": tokens}
 
 
 def run_trl_sft(model_name, tokenizer, examples, batch_size, steps, warmup, lr, method, lora_rank, device) -> dict:

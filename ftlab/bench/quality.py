@@ -25,28 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import tempfile
 import time
 
 MIN_GAIN = 0.15  # the paired CI's lower end must clear this
 MAX_PROBE_DROP = 0.10
-
-
-def sample_test_records(records, n: int, seed: int = 0) -> list[dict]:
-    """``n`` records, as evenly split across tasks as possible, drawn with a seeded RNG."""
-    by_task = {}
-    for r in records:
-        by_task.setdefault(r.get("task"), []).append(r)
-    rng = random.Random(seed)
-    tasks = sorted(by_task, key=str)
-    picked = []
-    for i, task in enumerate(tasks):
-        k = n // len(tasks) + (1 if i < n % len(tasks) else 0)
-        picked += rng.sample(by_task[task], min(k, len(by_task[task])))
-    rng.shuffle(picked)
-    return picked
 
 
 def parse_args(argv=None):
@@ -88,7 +72,7 @@ def parse_args(argv=None):
 
 def load_data(args) -> dict:
     """Train / validation / test records of the chosen tasks, the replay mix and the probes."""
-    from ftlab.data import SYSTEM_PROMPT, load_course_data, mix_replay
+    from ftlab.data import SYSTEM_PROMPT, load_course_data, mix_replay, sample_test_records
 
     split = {name: [r for r in load_course_data("instructions", name) if r["task"] in args.tasks]
              for name in ("train", "validation", "test")}

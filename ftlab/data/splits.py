@@ -1,4 +1,5 @@
-"""Train / validation / test splits that keep copies together, and finding test records leaked into training.
+"""Train / validation / test splits that keep copies together, finding test records leaked into training,
+and a test sample drawn evenly across tasks.
 
 Example:
     >>> recs = [{"text": f"fact {i} is true"} for i in range(20)] * 2
@@ -96,3 +97,18 @@ def leakage_demo(records, test_fraction=0.2, seed=0, threshold=0.8) -> dict:
     clean_leaks = find_leaks(clean.train, clean.test, threshold)
     examples = [(record_text(naive.test[i])[:80], record_text(naive.train[j])[:80], s) for i, j, s in naive_leaks[:3]]
     return {"naive": len({i for i, _, _ in naive_leaks}), "deduped": len({i for i, _, _ in clean_leaks}), "examples": examples}
+
+
+def sample_test_records(records, n: int, seed: int = 0) -> list[dict]:
+    """``n`` records, as evenly split across tasks as possible, drawn with a seeded RNG."""
+    by_task = {}
+    for r in records:
+        by_task.setdefault(r.get("task"), []).append(r)
+    rng = random.Random(seed)
+    tasks = sorted(by_task, key=str)
+    picked = []
+    for i, task in enumerate(tasks):
+        k = n // len(tasks) + (1 if i < n % len(tasks) else 0)
+        picked += rng.sample(by_task[task], min(k, len(by_task[task])))
+    rng.shuffle(picked)
+    return picked

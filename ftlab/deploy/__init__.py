@@ -3,23 +3,12 @@ write a model card, serve with ``transformers serve`` behind an OpenAI-compatibl
 and monitor what it answers.
 """
 
-from ftlab._lazy import lazy_exports
-
-# public name -> submodule that defines it
-_EXPORTS = {
-    "SUPPORTED_ARCHITECTURES": "gguf_export", "GGUF_TYPES": "gguf_export", "QUANT_TYPES": "gguf_export",
-    "FLOAT_TYPES": "gguf_export", "BITS_PER_WEIGHT": "gguf_export", "GGUFExportError": "gguf_export",
-    "check_architecture": "gguf_export", "gguf_size_bytes": "gguf_export", "permute_qk": "gguf_export",
-    "tokenizer_metadata": "gguf_export", "export_gguf": "gguf_export", "read_gguf_summary": "gguf_export",
-    "read_gguf_tensor": "gguf_export",
-    "load_gguf": "roundtrip", "compare_logits": "roundtrip", "quantization_table": "roundtrip",
-    "format_quantization_table": "roundtrip",
-    "ServerError": "serving", "ModelServer": "serving", "port_is_free": "serving", "free_port": "serving",
-    "chat_completion": "serving", "post_json": "serving",
-    "chat_request_problem": "launch",
-    "percentile": "loadtest", "run_load": "loadtest", "summarize": "loadtest", "format_load_table": "loadtest",
-    "RequestLog": "monitor", "rolling": "monitor", "drift_report": "monitor",
-    "render_model_card": "model_card", "write_model_card": "model_card",
-}
-
-__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
+# The package's public names: imported from here by notebooks, tests and other packages.
+from ftlab.deploy.gguf_export import (BITS_PER_WEIGHT, GGUFExportError, GGUF_TYPES, export_gguf, gguf_size_bytes,
+                                      permute_qk, read_gguf_summary, read_gguf_tensor)
+from ftlab.deploy.launch import chat_request_problem
+from ftlab.deploy.loadtest import format_load_table, percentile, run_load
+from ftlab.deploy.model_card import render_model_card, write_model_card
+from ftlab.deploy.monitor import RequestLog, drift_report, rolling
+from ftlab.deploy.roundtrip import compare_logits, format_quantization_table, load_gguf, quantization_table
+from ftlab.deploy.serving import ModelServer, ServerError, chat_completion, post_json

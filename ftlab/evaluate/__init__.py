@@ -2,22 +2,16 @@
 model comparison, forgetting probes and the LLM judge.
 """
 
-from ftlab._lazy import lazy_exports
-
-# public name -> submodule that defines it
-_EXPORTS = {
-    "ProbeResult": "compare", "probe_accuracy": "compare", "forgetting_report": "compare",
-    "Comparison": "compare", "compare_models": "compare", "comparison_from_results": "compare",
-    "stop_token_ids": "generate", "prepare_records": "generate", "generate_answers": "generate",
-    "METRICS": "harness", "score_answers": "harness", "EvalResult": "harness",
-    "evaluate_model": "harness",
-    "JUDGE_RUBRIC": "judge", "LLMJudge": "judge",
-    "normalize_answer": "metrics", "exact_match": "metrics", "token_f1": "metrics",
-    "is_valid_json": "metrics", "json_field_accuracy": "metrics", "classification_scores": "metrics",
-    "rouge": "metrics", "bleu": "metrics", "chrf": "metrics", "distinct_n": "metrics",
-    "repetition_rate": "metrics", "semantic_similarity": "metrics", "mean_token_accuracy": "metrics",
-    "perplexity": "metrics",
-    "bootstrap_ci": "stats", "paired_difference": "stats",
-}
-
-__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
+# The package's public names: imported from here by notebooks, tests and other packages.
+from ftlab.evaluate.compare import compare_models, comparison_from_results, forgetting_report, probe_accuracy
+from ftlab.evaluate.generate import generate_answers, prepare_records, stop_token_ids
+from ftlab.evaluate.harness import evaluate_model, score_answers
+from ftlab.evaluate.judge import JUDGE_RUBRIC, LLMJudge
+from ftlab.evaluate.metrics.answers import (exact_match, is_valid_json, json_field_accuracy, normalize_answer,
+                                            token_f1)
+from ftlab.evaluate.metrics.bleu_chrf import bleu, chrf
+from ftlab.evaluate.metrics.diversity import distinct_n, repetition_rate
+from ftlab.evaluate.metrics.language_model import perplexity
+from ftlab.evaluate.metrics.rouge_family import rouge
+from ftlab.evaluate.scoring import score_example, score_probe
+from ftlab.evaluate.stats import bootstrap_ci, paired_difference

@@ -48,7 +48,8 @@ def probe_accuracy(model, tokenizer, probes=None, *, name: str = "model", max_ne
     SmolLM2-135M-Instruct answers correctly -- so its base accuracy is 1.0 and any drop after
     fine-tuning is forgetting.
     """
-    from ftlab.data.course import load_course_data, score_probe
+    from ftlab.data.course import load_course_data
+    from ftlab.evaluate.scoring import score_probe
 
     start = time.perf_counter()
     probes = list(load_course_data("probes") if probes is None else probes)

@@ -78,7 +78,8 @@ def score_answers(predictions, references, tasks=None, metric=None) -> tuple[lis
     ``ftlab.data.score_example``, and any other example with ``token_f1``. The names
     returned say which rule scored which example.
     """
-    from ftlab.data.course import TASKS, score_example
+    from ftlab.data.course import TASKS
+    from ftlab.evaluate.scoring import score_example
 
     predictions, references = list(predictions), list(references)
     tasks = list(tasks) if tasks is not None else [None] * len(predictions)

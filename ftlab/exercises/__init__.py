@@ -2,23 +2,12 @@
 ``answer_or_solution``, ``solution``), plus one module per notebook (nbNN_topic).
 """
 
-from ftlab._lazy import lazy_exports
-
-# public name -> submodule that defines it
-_EXPORTS = {
-    "SOLUTIONS_ENV": "checkers", "Number": "checkers", "Function": "checkers", "Choice": "checkers",
-    "Text": "checkers", "Exercise": "checkers", "EXERCISES": "checkers", "exercise": "checkers",
-    "load_all": "checkers", "solutions_enabled": "checkers", "Mapping": "checkers",
-    "answer_or_solution": "answers", "is_unanswered": "answers", "is_right": "answers", "check": "answers",
-    "solution_source": "answers", "solution": "answers", "list_exercises": "answers",
-}
-
-_getattr, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
+# The package's public names: imported from here by notebooks, tests and other packages.
+from ftlab.exercises.answers import answer_or_solution, check, is_right, is_unanswered, solution, solution_source
+from ftlab.exercises.checkers import Number, exercise, load_all
 
 
 def __getattr__(name):
     if name == "EXERCISES":  # the registry, with every notebook's exercises in it (nb*.py imported on first use)
-        from ftlab.exercises.checkers import load_all
-
         return load_all()
-    return _getattr(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

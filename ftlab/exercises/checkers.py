@@ -284,10 +284,9 @@ def exercise(exercise_id: str, checker, *, question: str, mistakes=(), explanati
 def load_all() -> dict[str, Exercise]:
     """Import every notebook's exercise module (``ftlab/exercises/nbNN_*.py``) once; return the registry."""
     import pkgutil
+    from pathlib import Path
 
-    import ftlab.exercises as package
-
-    for info in pkgutil.iter_modules(package.__path__):
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):  # this package's folder
         if info.name.startswith("nb"):
             importlib.import_module(f"ftlab.exercises.{info.name}")
     return EXERCISES

@@ -10,27 +10,11 @@ each layer saves, the loss buffers), ``timeline`` (forward, backward, optimizer 
 ``gpu_check`` is ``make gpu-check``.
 """
 
-from ftlab._lazy import lazy_exports
-
-# public name -> submodule that defines it
-_EXPORTS = {
-    "GiB": "breakdown", "MiB": "breakdown", "MemoryItem": "breakdown", "MemoryEstimate": "breakdown",
-    "cuda_overhead_items": "breakdown",
-    "Architecture": "architectures", "ARCHITECTURES": "architectures", "get_architecture": "architectures",
-    "LINEARS": "architectures",
-    "Hardware": "hardware", "HARDWARE": "hardware",
-    "DTYPE_BYTES": "step", "METHODS": "step", "OPTIMIZERS": "step", "QUANTIZATIONS": "step", "ATTENTIONS": "step",
-    "NF4_BLOCK": "state", "DQ_BLOCK": "state", "OPT8_BLOCK": "state", "OPT8_MIN_SIZE": "state",
-    "nf4_constant_bytes": "state", "nf4_bytes_per_parameter": "state",
-    "estimate_memory": "estimator",
-    "estimate_inference_memory": "inference",
-    "Advice": "advice", "advise": "advice", "worked_example_7b": "advice", "format_worked_example": "advice",
-    "cli_main": "cli",
-    "sdpa_saved_bytes": "cuda", "dequant_buffer_bytes": "cuda", "kbit_training_extra_bytes": "cuda",
-    "recompute_peak_bytes": "cuda", "after_step_bytes": "cuda", "reserved_bytes": "cuda",
-    "fsdp_full_shard_per_gpu": "cuda", "compare_peft_metamathqa": "published",
-    "CATEGORY_COLORS": "viz", "plot_breakdown": "viz", "ExplorerState": "viz",
-    "MemoryExplorer": "viz", "memory_panel": "viz",
-}
-
-__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
+# The package's public names: imported from here by notebooks, tests and other packages.
+from ftlab.memory.architectures import get_architecture
+from ftlab.memory.cli import cli_main
+from ftlab.memory.estimator import estimate_memory
+from ftlab.memory.hardware import HARDWARE
+from ftlab.memory.inference import estimate_inference_memory
+from ftlab.memory.state import nf4_bytes_per_parameter
+from ftlab.memory.step import DTYPE_BYTES

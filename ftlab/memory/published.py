@@ -1,7 +1,7 @@
 """The estimator against published GPU measurements: PEFT's MetaMathQA method comparison.
 
 PEFT trains Llama-3.2-3B in bf16 on an L40S with full fine-tuning and LoRA variants and publishes the
-memory its loop logged (``tests/fixtures/peft_metamathqa_memory.json`` has the numbers and their
+memory its loop logged (``ftlab/memory/peft_metamathqa_memory.json`` has the numbers and their
 source). Nothing is fitted: every prediction comes from the run's published settings.
 
 * ``max reserved`` (their ``accelerator_memory_max`` = ``torch.cuda.max_memory_reserved()`` over the
@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-FIXTURE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "peft_metamathqa_memory.json"
+FIXTURE = Path(__file__).with_name("peft_metamathqa_memory.json")  # package data (pyproject.toml)
 
 
 def compare_peft_metamathqa(path: str | Path = FIXTURE) -> list[dict]:

@@ -11,60 +11,49 @@ real one is not installed) and prints a pass/fail table with numbers:
 Without a GPU it says so plainly, runs its CPU-side self-test (the estimate against MemTracker on the
 tiny model, the table, the memory facts) and exits 0.
 
-Usage: ``python -m ftlab.memory.gpu_check [--budget-s 300]``.
+Usage: ``python -m ftlab.preflight.gpu_check [--budget-s 300]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+
+from ftlab.preflight.checks import Check, meminfo
 
 TOLERANCE_PCT = 10.0  # an estimate row passes within +-10 % of the measured max_memory_allocated
 
 
-@dataclass
-class Row:
-    """One line of the table."""
-
-    check: str
-    ok: bool
-    detail: str
-    seconds: float = 0.0
-    numbers: dict = field(default_factory=dict)
-
-
-def format_table(rows: list[Row]) -> str:
-    w = max([len(r.check) for r in rows] + [10])
+def format_table(rows: list[Check]) -> str:
+    w = max([len(r.name) for r in rows] + [10])
     lines = [f"{'check':<{w}}  result  {'time':>6}  detail", "-" * (w + 60)]
     for r in rows:
-        lines.append(f"{r.check:<{w}}  {'PASS' if r.ok else 'FAIL':<6}  {r.seconds:>5.1f}s  {r.detail}")
+        lines.append(f"{r.name:<{w}}  {'PASS' if r.ok else 'FAIL':<6}  {r.seconds:>5.1f}s  {r.detail}")
     n_ok = sum(r.ok for r in rows)
     lines.append("-" * (w + 60))
     lines.append(f"{n_ok}/{len(rows)} passed")
     return "\n".join(lines)
 
 
-def run_checks(checks, budget_s: float, clock=time.monotonic) -> list[Row]:
+def run_checks(checks, budget_s: float, clock=time.monotonic) -> list[Check]:
     """Run ``(name, fn)`` checks in order; an exception is a FAIL row, and checks that would start after
     the time budget is spent are reported as skipped (FAIL), so the whole run stays within the budget."""
     rows, start = [], clock()
     for name, fn in checks:
         if clock() - start > budget_s:
-            rows.append(Row(name, False, f"skipped: the {budget_s:.0f} s budget is spent"))
+            rows.append(Check(name, False, f"skipped: the {budget_s:.0f} s budget is spent"))
             continue
         t0 = clock()
         try:
             row = fn()
         except Exception as e:  # a failing path is a result to report, not a crash
-            row = Row(name, False, f"{type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''}")
-        row.check, row.seconds = name, clock() - t0
+            row = Check(name, False, f"{type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''}")
+        row.name, row.seconds = name, clock() - t0
         rows.append(row)
     return rows
 
 
-def compare(name: str, estimated: int, measured: int, reserved_est: int | None = None, reserved: int | None = None) -> Row:
+def compare(name: str, estimated: int, measured: int, reserved_est: int | None = None, reserved: int | None = None) -> Check:
     """An estimate-vs-measurement row: the error in % of the measurement (allocated decides pass/fail)."""
     err = 100.0 * (estimated - measured) / measured
     detail = f"estimate {estimated / 2**20:8.1f} MiB, measured {measured / 2**20:8.1f} MiB, error {err:+5.1f} %"
@@ -73,7 +62,7 @@ def compare(name: str, estimated: int, measured: int, reserved_est: int | None =
         rerr = 100.0 * (reserved_est - reserved) / reserved
         detail += f"; reserved est {reserved_est / 2**20:.1f} vs {reserved / 2**20:.1f} MiB ({rerr:+.1f} %)"
         nums.update(reserved_estimated=reserved_est, reserved=reserved, reserved_error_pct=rerr)
-    return Row(name, abs(err) <= TOLERANCE_PCT, detail, numbers=nums)
+    return Check(name, abs(err) <= TOLERANCE_PCT, detail, numbers=nums)
 
 
 # ---------------------------------------------------------------------------- memory facts
@@ -81,18 +70,10 @@ def compare(name: str, estimated: int, measured: int, reserved_est: int | None =
 
 def meminfo_available(text: str | None = None) -> int | None:
     """The OS's ``MemAvailable`` in bytes (Linux ``/proc/meminfo``), or None elsewhere."""
-    if text is None:
-        p = Path("/proc/meminfo")
-        if not p.exists():
-            return None
-        text = p.read_text()
-    for line in text.splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    return None
+    return meminfo(text).get("MemAvailable")
 
 
-def unified_memory_row(cuda=None, meminfo_text: str | None = None) -> Row:
+def unified_memory_row(cuda=None, meminfo_text: str | None = None) -> Check:
     """CUDA's free memory (``cudaMemGetInfo``) against the OS's ``MemAvailable``.
 
     On a DGX Spark both describe one 128 GB pool: CUDA counts the page cache as used, the OS counts it
@@ -110,9 +91,9 @@ def unified_memory_row(cuda=None, meminfo_text: str | None = None) -> Row:
         detail += f"; OS MemAvailable {avail / 2**30:.1f} GiB"
     if unified:
         detail += " (unified memory: one pool shared with the OS)"
-        return Row("memory: CUDA free vs OS", avail is not None and free > 0, detail,
+        return Check("memory: CUDA free vs OS", avail is not None and free > 0, detail,
                    numbers=dict(cuda_free=free, cuda_total=total, os_available=avail, unified=True))
-    return Row("memory: CUDA free vs OS", free > 0, detail + " (discrete GPU memory)",
+    return Check("memory: CUDA free vs OS", free > 0, detail + " (discrete GPU memory)",
                numbers=dict(cuda_free=free, cuda_total=total, os_available=avail, unified=False))
 
 
@@ -143,15 +124,15 @@ def _train_steps(model, opt, steps: int = 3, batch: int = 4, seq: int = 128) -> 
     return losses
 
 
-def _steps_row(name, model, opt) -> Row:
+def _steps_row(name, model, opt) -> Check:
     import math
 
     losses = _train_steps(model, opt)
     ok = all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
-    return Row(name, ok, "losses " + " -> ".join(f"{x:.3f}" for x in losses) + ("" if ok else " (not decreasing)"))
+    return Check(name, ok, "losses " + " -> ".join(f"{x:.3f}" for x in losses) + ("" if ok else " (not decreasing)"))
 
 
-def check_bf16_lora() -> Row:
+def check_bf16_lora() -> Check:
     import torch
 
     from ftlab.training import build_optimizer, prepare_model
@@ -161,7 +142,7 @@ def check_bf16_lora() -> Row:
     return _steps_row("bf16 LoRA", model, build_optimizer(model, "adamw", lr=1e-3))
 
 
-def check_qlora() -> Row:
+def check_qlora() -> Check:
     from ftlab.models import SMOLLM2
     from ftlab.training import build_optimizer, prepare_model
     from ftlab.training import load_model_4bit
@@ -171,7 +152,7 @@ def check_qlora() -> Row:
     return _steps_row("QLoRA (BitsAndBytesConfig + peft)", model, build_optimizer(model, "adamw", lr=1e-3))
 
 
-def check_adamw_8bit() -> Row:
+def check_adamw_8bit() -> Check:
     import bitsandbytes as bnb
     import torch
 
@@ -180,7 +161,7 @@ def check_adamw_8bit() -> Row:
     return _steps_row("8-bit AdamW (bitsandbytes)", model, opt)
 
 
-def check_full_ft() -> Row:
+def check_full_ft() -> Check:
     import torch
 
     from ftlab.training import build_optimizer, prepare_model
@@ -190,7 +171,7 @@ def check_full_ft() -> Row:
     return _steps_row("full fine-tuning (bf16)", model, build_optimizer(model, "adamw", lr=1e-4))
 
 
-def check_generation() -> Row:
+def check_generation() -> Check:
     import torch
 
     model, tok = _small_model(torch.bfloat16)
@@ -199,7 +180,7 @@ def check_generation() -> Row:
     out = model.generate(**ids, max_new_tokens=32, do_sample=False)
     n = out.shape[1] - ids["input_ids"].shape[1]
     dt = time.monotonic() - t0
-    return Row("generation", n > 0, f"{n} tokens in {dt:.2f} s ({n / dt:.0f} tok/s): {tok.decode(out[0][-n:])[:60]!r}")
+    return Check("generation", n > 0, f"{n} tokens in {dt:.2f} s ({n / dt:.0f} tok/s): {tok.decode(out[0][-n:])[:60]!r}")
 
 
 ESTIMATE_CONFIGS = [  # (method, batch, seq, checkpointing): bench configurations on the real model
@@ -208,10 +189,10 @@ ESTIMATE_CONFIGS = [  # (method, batch, seq, checkpointing): bench configuration
 ]
 
 
-def check_estimate(method: str, batch: int, seq: int, checkpointing: bool) -> Row:
+def check_estimate(method: str, batch: int, seq: int, checkpointing: bool) -> Check:
     import torch
 
-    from ftlab.bench.memory import SMOL, Config, build, estimate_for, make_batch, measure_training_peak
+    from ftlab.training.measure import SMOL, Config, build, estimate_for, make_batch, measure_training_peak
     from ftlab.memory.cuda import reserved_bytes
 
     cfg = Config(SMOL, method, batch, seq, checkpointing=checkpointing)
@@ -238,12 +219,12 @@ def gpu_checks():
 # ---------------------------------------------------------------------------- without a GPU
 
 
-def self_test() -> list[Row]:
+def self_test() -> list[Check]:
     """The CPU side: estimate vs MemTracker on the tiny model (same code path as the GPU rows), the
     table logic, and the OS memory facts."""
     import torch
 
-    from ftlab.bench.memory import TINY, Config, build, estimate_for, make_batch, measure_training_peak
+    from ftlab.training.measure import TINY, Config, build, estimate_for, make_batch, measure_training_peak
 
     def estimate_row(method):
         def fn():
@@ -255,13 +236,13 @@ def self_test() -> list[Row]:
         return fn
 
     def table_row():
-        fake = [Row("a", True, "x"), Row("b", False, "y")]
+        fake = [Check("a", True, "x"), Check("b", False, "y")]
         table = format_table(fake)
-        return Row("table and budget logic", "1/2 passed" in table and "FAIL" in table, "format_table / run_checks")
+        return Check("table and budget logic", "1/2 passed" in table and "FAIL" in table, "format_table / run_checks")
 
     def os_row():
         avail = meminfo_available()
-        return Row("memory: OS MemAvailable", avail is None or avail > 0,
+        return Check("memory: OS MemAvailable", avail is None or avail > 0,
                    "not Linux" if avail is None else f"MemAvailable {avail / 2**30:.1f} GiB")
 
     return run_checks([("estimate vs MemTracker: tiny full", estimate_row("full")),
@@ -272,7 +253,7 @@ def self_test() -> list[Row]:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    p = argparse.ArgumentParser(prog="python -m ftlab.memory.gpu_check", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m ftlab.preflight.gpu_check", description=__doc__.split("\n")[0])
     p.add_argument("--budget-s", type=float, default=300.0, help="stop starting new checks after this many seconds")
     a = p.parse_args(argv)
     if not torch.cuda.is_available():

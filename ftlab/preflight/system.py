@@ -21,17 +21,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ftlab.preflight.checks import Check, meminfo
+
 # The packages whose versions matter most for the course; pins come from ftlab's own metadata.
 KEY_PACKAGES = ["torch", "transformers", "peft", "accelerate", "bitsandbytes", "datasets", "jupyterlab", "ipywidgets"]
-
-
-@dataclass
-class Check:
-    name: str
-    ok: bool
-    detail: str
-    fix: str = ""
-    warning: bool = False  # worth knowing, but the course still runs
 
 
 @dataclass
@@ -78,19 +71,6 @@ def _pins() -> dict[str, str]:
     return pins
 
 
-def _meminfo() -> dict[str, int]:
-    """Total and available system memory in bytes (Linux /proc/meminfo; psutil-free)."""
-    out = {}
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            key, value = line.split(":", 1)
-            if key in ("MemTotal", "MemAvailable"):
-                out[key] = int(value.split()[0]) * 1024
-    except OSError:
-        pass
-    return out
-
-
 def _check_versions(report: DoctorReport) -> None:
     py = sys.version_info
     report.checks.append(Check("python", py >= (3, 10), platform.python_version(), "Install Python 3.10 or newer."))
@@ -114,7 +94,7 @@ def _check_versions(report: DoctorReport) -> None:
 def _check_device(report: DoctorReport) -> None:
     import torch
 
-    mem = _meminfo()
+    mem = meminfo()
     gib = 1024**3
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)

@@ -5,40 +5,15 @@ Why ``training`` and not ``train``: ``ftlab.train`` is the function. A subpackag
 replace it on ``ftlab`` as soon as it is imported.
 """
 
-from ftlab._lazy import lazy_exports
-
-# public name -> submodule that defines it
-_EXPORTS = {
-    "save_adapter": "adapters", "load_adapter": "adapters", "merge_adapters": "adapters",
-    "merge_and_save": "adapters",
-    "CHECKPOINT_DIR": "checkpoint", "PREFIX": "checkpoint", "CheckpointError": "checkpoint",
-    "checkpoint_dir": "checkpoint", "list_checkpoints": "checkpoint",
-    "latest_checkpoint": "checkpoint", "resolve_checkpoint": "checkpoint",
-    "rng_state": "checkpoint", "set_rng_state": "checkpoint", "trainable_state_dict": "checkpoint",
-    "save_checkpoint": "checkpoint", "prune_checkpoints": "checkpoint",
-    "load_checkpoint": "checkpoint", "StopOnInterrupt": "checkpoint",
-    "TrainConfig": "config", "TrainResult": "config",
-    "TrainingDiverged": "loop", "train": "loop", "train_step": "loop", "evaluate_and_track": "loop",
-    "IGNORE_INDEX": "loss", "causal_lm_loss": "loss", "next_token_targets": "loss",
-    "count_trained_tokens": "loss", "accepts_logits_mask": "loss", "forward_loss": "loss",
-    "evaluate_loss": "loss",
-    "METHODS": "methods", "ADAPTER_METHODS": "methods", "prepare_model": "methods",
-    "OPTIMIZERS": "optim", "SCHEDULES": "optim", "NO_DECAY_PATTERNS": "optim",
-    "NO_DECAY_MODULES": "optim", "decay_parameter_names": "optim", "param_groups": "optim",
-    "build_optimizer": "optim", "lr_multiplier": "optim", "lr_at": "optim",
-    "build_scheduler": "optim",
-    "decoder_layers": "parameters", "is_peft_model": "parameters", "is_quantized": "parameters",
-    "num_virtual_tokens": "parameters", "count_parameters": "parameters",
-    "parameter_table": "parameters",
-    "quantize_model_nf4": "quantize", "dequantize_model": "quantize", "load_model_4bit": "quantize",
-    "Run": "run", "setup_run": "run", "prepare_data": "run", "setup_model": "run",
-    "announce": "run", "RunState": "run", "resume": "run", "save_state": "run", "finish": "run",
-    "LOG_TARGETS": "tracking", "CSV_COLUMNS": "tracking", "RunLogger": "tracking",
-    "read_history": "tracking", "read_tensorboard": "tracking", "in_notebook": "tracking",
-    "progress_bar": "tracking", "format_postfix": "tracking", "LivePlot": "tracking",
-    "Playground": "playground", "Settings": "playground", "SettingsError": "playground",
-    "check_settings": "playground", "qlora_problem": "playground", "PLAYGROUND_METHODS": "playground",
-    "PlaygroundPanel": "playground_panel",  # (ftlab.playground() opens one; here "playground" is the module)
-}
-
-__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
+# The package's public names: imported from here by notebooks, tests and other packages.
+from ftlab.training.adapters import load_adapter, merge_adapters, merge_and_save, save_adapter
+from ftlab.training.config import TrainConfig, TrainResult
+from ftlab.training.loop import TrainingDiverged, train
+from ftlab.training.loss import (accepts_logits_mask, causal_lm_loss, count_trained_tokens, evaluate_loss,
+                                 forward_loss, next_token_targets)
+from ftlab.training.measure import measure_training_peak, step_peak_mb
+from ftlab.training.methods import METHODS, prepare_model
+from ftlab.training.optim import build_optimizer, build_scheduler, decay_parameter_names, lr_at
+from ftlab.training.parameters import count_parameters, is_peft_model, num_virtual_tokens, parameter_table
+from ftlab.training.quantize import dequantize_model, load_model_4bit, quantize_model_nf4
+from ftlab.training.tracking import LivePlot, RunLogger, format_postfix, progress_bar, read_history, read_tensorboard

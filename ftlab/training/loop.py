@@ -50,6 +50,7 @@ from ftlab.data.batching import BatchStream
 from ftlab.training import checkpoint as ckpt
 from ftlab.training.config import TrainConfig, TrainResult
 from ftlab.training.loss import count_trained_tokens, evaluate_loss, forward_loss
+from ftlab.training.measure import peak_memory_mb
 from ftlab.training.run import Run, RunState, announce, finish, prepare_data, resume, save_state, setup_model, setup_run
 from ftlab.training.tracking import RunLogger, format_postfix, progress_bar
 
@@ -184,7 +185,7 @@ def train_step(run: Run, state: RunState, micro: list[dict], callbacks=()) -> di
     state.trained_tokens += n_trained
     return {"step": state.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
             "tokens_per_s": n_tokens / (time.time() - t0), "step_tokens": n_trained,
-            "trained_tokens": state.trained_tokens, "peak_memory_mb": _peak_memory_mb(accelerator.device)}
+            "trained_tokens": state.trained_tokens, "peak_memory_mb": peak_memory_mb(accelerator.device)}
 
 
 # --------------------------------------------------------------------------- 4. evaluation and early stopping
@@ -217,18 +218,6 @@ def _log(state: RunState, record: dict, logger, callbacks, bar=None) -> bool:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _peak_memory_mb(device) -> float:
-    """Peak memory so far: allocated CUDA memory on a GPU, the process's peak RSS on a CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-    except ImportError:  # Windows
-        return float("nan")
 
 
 def _diverged(step, what, value, config):

@@ -9,7 +9,7 @@ The panel's logic lives in :meth:`MemoryExplorer.update`, a plain method, so a n
 test) can drive it and assert on the result without a browser.
 
 Example:
-    >>> from ftlab.memory.viz import MemoryExplorer
+    >>> from ftlab.ui.memory_viz import MemoryExplorer
     >>> ex = MemoryExplorer(model="smollm2-135m", device="cpu-16gb")
     >>> state = ex.update(method="lora", batch_size=8, seq_len=256)
     >>> state.fits

@@ -10,7 +10,7 @@ the adapter), so :meth:`Playground.load_runs` brings earlier sessions back into 
 
 This module is the part that computes; it needs no browser. :class:`Playground` holds the data,
 the runs and the table; :meth:`Playground.run` trains once and returns the table row, so a notebook
-cell (and nbval) can call and assert it. ``ftlab.training.playground_panel`` puts widgets on top
+cell (and nbval) can call and assert it. ``ftlab.ui.playground_panel`` puts widgets on top
 (``ftlab.playground()`` opens both).
 
 Sizes come from the profile (``ftlab.get_profile()``): a run takes seconds in ``ci`` and well under
@@ -265,11 +265,10 @@ class Playground:
     def _peak_mib(result, watcher) -> float:
         """Peak memory of this run: allocated CUDA memory on a GPU (reset by the loop at its start);
         on a CPU the largest resident memory of the process sampled at the end of each step."""
-        import torch
+        from ftlab.training.measure import peak_memory_mb
 
-        if next(result.model.parameters()).device.type == "cuda":
-            return torch.cuda.max_memory_allocated() / 2**20
-        return watcher.peak_rss / 2**20
+        device = next(result.model.parameters()).device
+        return peak_memory_mb(device) if device.type == "cuda" else watcher.peak_rss / 2**20
 
     def stop(self) -> None:
         """Ask the running run to stop after its current step (it still gets a row and keeps its folder)."""

@@ -1,7 +1,7 @@
 """The playground's widgets: controls, Run and Stop, a live loss plot and the comparison table.
 
-All computing happens in :class:`ftlab.training.playground.Playground`; this panel only turns the
-controls into :class:`~ftlab.training.playground.Settings`, starts ``Playground.run`` in a background
+All computing happens in :class:`ftlab.ui.playground.Playground`; this panel only turns the
+controls into :class:`~ftlab.ui.playground.Settings`, starts ``Playground.run`` in a background
 thread (so the notebook stays responsive and the Stop button can be pressed), and redraws. Every
 control has a ``description``: the browser test finds them by it.
 
@@ -21,7 +21,7 @@ import time
 
 import ipywidgets as widgets
 
-from ftlab.training.playground import PLAYGROUND_METHODS, Playground, Settings, SettingsError
+from ftlab.ui.playground import PLAYGROUND_METHODS, Playground, Settings, SettingsError
 
 
 class PlaygroundPanel(widgets.VBox):

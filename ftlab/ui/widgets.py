@@ -6,7 +6,7 @@ move a slider in CI). ``ipywidgets.interact`` would print that return value unde
 :func:`quiet` keeps the widget's output to what the function draws or prints.
 
 Example:
-    >>> from ftlab.widgets import quiet
+    >>> from ftlab.ui.widgets import quiet
     >>> def area(w=2, h=3):
     ...     return w * h
     >>> quiet(area)(4, 5) is None, quiet(area).__wrapped__ is area

@@ -12,24 +12,9 @@ Example:
     0.5
 """
 
-from ftlab._lazy import lazy_exports
-
-# public name -> submodule that defines it
-_EXPORTS = {
-    # short answers, structured output, labels
-    "normalize_answer": "answers", "exact_match": "answers", "token_f1": "answers",
-    "is_valid_json": "answers", "json_field_accuracy": "answers", "classification_scores": "answers",
-    # n-gram overlap with a reference
-    "rouge_tokenize": "rouge_family", "rouge_scores": "rouge_family", "rouge": "rouge_family",
-    "SACREBLEU_VERSION": "bleu_chrf", "tokenize_13a": "bleu_chrf", "BLEUResult": "bleu_chrf", "bleu": "bleu_chrf",
-    "CHRFResult": "bleu_chrf", "chrf": "bleu_chrf",
-    # diversity and meaning
-    "distinct_n": "diversity", "repetition_rate": "diversity",
-    "load_embedding_model": "similarity", "semantic_similarity": "similarity",
-    # from the model's logits
-    "mean_token_accuracy": "language_model", "perplexity": "language_model",
-    # shared helpers
-    "ngram_counts": "common", "check_pairs": "common",
-}
-
-__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
+# The package's public names: imported from here by notebooks, tests and other packages.
+from ftlab.evaluate.metrics.answers import exact_match, is_valid_json, json_field_accuracy, token_f1
+from ftlab.evaluate.metrics.bleu_chrf import chrf
+from ftlab.evaluate.metrics.diversity import distinct_n, repetition_rate
+from ftlab.evaluate.metrics.rouge_family import rouge_scores
+from ftlab.evaluate.metrics.similarity import semantic_similarity
