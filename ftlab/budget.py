@@ -149,23 +149,19 @@ def training_settings(model, config, examples) -> dict:
     """``estimate_memory`` keyword arguments for ``train(model, ..., config)`` on these examples."""
     import torch
 
+    from ftlab.memory.settings import estimator_settings
+
     param = next(model.parameters())
     seq_len, trained_tokens = longest_batch(examples, config.batch_size, config.max_length)
     if config.batching == "pack":
         seq_len = config.max_length
-    bf16_autocast = (param.device.type == "cuda" and param.dtype == torch.float32
-                     and config.mixed_precision in ("auto", "bf16"))
-    method = {"dora": "lora", "ia3": "lora", "prompt_tuning": "lora"}.get(config.method, config.method)
-    return dict(method=method, batch_size=config.batch_size, seq_len=seq_len,
-                param_dtype={torch.bfloat16: "bf16", torch.float16: "fp16"}.get(param.dtype, "fp32"),
-                mixed_precision="bf16" if bf16_autocast else None,
-                optimizer=config.optimizer if config.optimizer in ("adamw", "adamw_8bit", "sgd") else "adamw",
-                gradient_checkpointing=config.gradient_checkpointing, lora_rank=config.lora_rank,
-                lora_dropout=config.lora_dropout,
-                trainable_layers=config.trainable_layers if method == "freeze" else None,
-                loss="trained" if config.trained_logits_only else "full",
-                trained_tokens=trained_tokens if config.trained_logits_only else None,
-                device=param.device.type)
+    return estimator_settings(
+        config.method, config.batch_size, seq_len,
+        param_dtype={torch.bfloat16: "bf16", torch.float16: "fp16"}.get(param.dtype, "fp32"),
+        device=param.device.type, mixed_precision=config.mixed_precision, optimizer=config.optimizer,
+        gradient_checkpointing=config.gradient_checkpointing, lora_rank=config.lora_rank,
+        lora_dropout=config.lora_dropout, trainable_layers=config.trainable_layers,
+        trained_tokens=trained_tokens if config.trained_logits_only else None)
 
 
 def longest_batch(examples, batch_size: int, max_length: int) -> tuple[int, int]:

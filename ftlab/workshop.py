@@ -170,6 +170,7 @@ def _course_batch(profile, batch_size: int, data: str = "instructions") -> tuple
 def step_peak(step: Step, profile, device="cpu") -> dict:
     """The estimated peak of one step for ``profile`` on ``device`` (a HARDWARE name or "cpu")."""
     from ftlab.memory import DTYPE_BYTES, estimate_inference_memory, estimate_memory, get_architecture
+    from ftlab.memory.settings import estimator_settings
 
     hw = _hardware(device)
     kind = hw.kind if hw else "cpu"
@@ -182,10 +183,9 @@ def step_peak(step: Step, profile, device="cpu") -> dict:
         seq_len, trained = _course_batch(profile, batch, step.data)
         if step.logits == "all":  # plain text or train_on="all": every position has a label
             trained = batch * seq_len
-        est = estimate_memory(arch, method=step.method, batch_size=batch, seq_len=seq_len, param_dtype=dtype,
-                              mixed_precision="bf16" if kind == "cuda" and dtype == "fp32" else None,
-                              lora_rank=profile.lora_rank, loss="full" if step.logits == "full" else "trained",
-                              trained_tokens=trained, device=target)
+        est = estimate_memory(arch, **estimator_settings(
+            step.method, batch, seq_len, param_dtype=dtype, device=target, lora_rank=profile.lora_rank,
+            trained_tokens=None if step.logits == "full" else trained))
         run, detail = est.total_bytes, f"{step.method}, batch {batch} x {seq_len} tokens, {est.peak_phase}"
         if kind == "cpu":  # the heap's share: all but the weights and the big logits (those are mmapped)
             heap = est.total_bytes - weights - est.by_category().get("logits & loss", 0)

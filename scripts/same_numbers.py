@@ -1,12 +1,15 @@
-"""Numbers a refactor must not change: two short training histories (LoRA, full), an estimate, metric values.
+"""Numbers a refactor must not change: two short training histories (LoRA, full), estimates (the estimator, the
+workshop plan, the budget's and the memory bench's translations of a config), metric values, and alignment losses.
 
     FTLAB_PROFILE=ci python scripts/same_numbers.py > after.txt     # diff against the same run before the change
 
-Used for the layout refactor (#13): the output before (be9b383) and after was identical.
+Used for the layout refactor (#13: be9b383 before) and for the layers refactor (#22: b0c99d4 before); both
+times the output before and after was identical.
 """
-import json, sys
+import json
 import ftlab
-from ftlab import TrainConfig, load_model, train, estimate_memory, load_course_data
+from ftlab import TrainConfig, load_model, train, estimate_memory, load_course_data, tokenize_dataset
+
 model, tok = load_model("tiny", seed=0)
 data = load_course_data("instructions", "train", limit=32)
 val = load_course_data("instructions", "validation", limit=8)
@@ -19,3 +22,25 @@ e = estimate_memory("smollm2-135m-instruct", method="qlora", seq_len=512, batch_
 print("estimate", e.total_bytes if hasattr(e, "total_bytes") else e)
 from ftlab.evaluate import bleu, rouge, chrf, token_f1
 print("metrics", bleu(["the cat sat on a mat"], ["the cat sat on the mat"]).score, rouge(["the cat sat"], ["a cat sat down"]), chrf(["hello there"], ["hello world"]).score, token_f1("in Paris, France", "Paris"))
+
+# the three translations of a training config into estimator settings
+from ftlab.budget import training_settings
+examples = tokenize_dataset(data, tok, max_length=128, progress=False, verbose=False)
+for method in ("lora", "full", "dora"):
+    kw = training_settings(model, TrainConfig(method=method, batch_size=4, max_length=128), examples)
+    print("budget", method, json.dumps(kw, sort_keys=True, default=str), estimate_memory(model, **kw).total_bytes)
+from ftlab.workshop import notebook_peaks
+for device in ("cpu", "dgx-spark"):
+    print("workshop", device, json.dumps([(r["notebook"], r["heaviest_step"], r["peak_bytes"]) for r in notebook_peaks("ci", device)]))
+from ftlab.bench.memory import CONFIGS, estimate_for
+print("bench-memory", json.dumps([estimate_for(c, "cpu").total_bytes for c in CONFIGS
+                                  if c.model == "tiny" and c.trained_fraction is None]))
+
+# alignment losses: DPO and ORPO, four steps each
+from ftlab.align import AlignConfig, load_preferences, train_preferences
+pairs = load_preferences("data/preferences.jsonl", limit=8)
+for loss in ("dpo", "orpo"):
+    model, tok = load_model("tiny", seed=0)
+    r = train_preferences(model, tok, pairs, AlignConfig(output_dir=f"/tmp/same-{loss}", loss=loss, max_steps=4,
+                          batch_size=2, lr=1e-3, progress=False, log_to=(), save_final=False))
+    print(loss, json.dumps([h.get("loss") for h in r.history]))

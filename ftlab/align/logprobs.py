@@ -20,10 +20,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from ftlab.data import model_inputs
+from ftlab.data import IGNORE_INDEX, model_inputs
 from ftlab.training import accepts_logits_mask, is_peft_model, next_token_targets
-
-IGNORE_INDEX = -100
 
 
 def token_logprobs(model, batch: dict, temperature: float = 1.0, trained_logits_only: bool = True) -> torch.Tensor:

@@ -37,7 +37,8 @@ import random
 
 import torch
 
-IGNORE_INDEX = -100
+from ftlab.data.templates import IGNORE_INDEX
+
 STRATEGIES = ("pad", "group", "pack")
 GROUP_WINDOW = 32  # "group": sort windows of this many batches by length (like HF's megabatches)
 

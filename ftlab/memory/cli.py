@@ -9,7 +9,7 @@ from dataclasses import asdict
 from ftlab.memory.advice import advise
 from ftlab.memory.architectures import ARCHITECTURES
 from ftlab.memory.estimator import estimate_memory
-from ftlab.memory.step import ATTENTIONS, METHODS, OPTIMIZERS
+from ftlab.memory.step import ATTENTIONS, ESTIMATOR_METHODS, ESTIMATOR_OPTIMIZERS
 from ftlab.memory.hardware import HARDWARE
 from ftlab.memory.inference import estimate_inference_memory
 
@@ -18,13 +18,13 @@ def cli_main(argv: list[str] | None = None) -> int:
     """``ftlab estimate --model llama-3.1-8b --method qlora --batch-size 4 --seq-len 2048 --device dgx-spark``."""
     p = argparse.ArgumentParser(prog="ftlab estimate", description="Predict peak training (or inference) memory, term by term.")
     p.add_argument("--model", required=True, help=f"table key ({', '.join(sorted(ARCHITECTURES))}), 'tiny', a folder or a config id")
-    p.add_argument("--method", default="full", choices=METHODS)
+    p.add_argument("--method", default="full", choices=ESTIMATOR_METHODS)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="weight storage dtype")
     p.add_argument("--mixed-precision", default=None, choices=["bf16", "fp16"])
     p.add_argument("--quantization", default=None, choices=["nf4", "nf4-dq", "int8"])
-    p.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
+    p.add_argument("--optimizer", default="adamw", choices=ESTIMATOR_OPTIMIZERS)
     p.add_argument("--optimizer-impl", default="fused", choices=["fused", "foreach", "for-loop"])
     p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing")
     p.add_argument("--lora-rank", type=int, default=16)

@@ -21,7 +21,7 @@ torch 2.13, transformers 5.23, peft 0.21, bitsandbytes 0.50) that decides it:
   embedding output require grad (so every layer's input gradient flows), and turns gradient
   checkpointing on by default (ftlab passes ``use_gradient_checkpointing=False`` and decides itself).
   :func:`kbit_training_extra_bytes`; ``estimate_memory(method="qlora", param_dtype="bf16",
-  device="cuda")`` applies it (``Step.kbit_fp32``): fp32 embeddings/norms/head, an fp32 residual
+  device="cuda")`` applies it (``StepSettings.kbit_fp32``): fp32 embeddings/norms/head, an fp32 residual
   stream (it starts at the fp32 embedding) and fp32 logits (fp32 head on an fp32 input).
 * **fp32 adapters** (peft ``tuners/tuners_utils.py`` ``autocast_adapter_dtype=True``; ``tuners/lora/
   layer.py: Linear.forward`` casts the input with ``_cast_input_dtype``): on a bf16 base the adapters,

@@ -1,7 +1,7 @@
 """One training step's settings, checked once and turned into the quantities every phase needs.
 
 :func:`make_step` validates what :func:`ftlab.memory.estimate_memory` was given (bad input gets a
-clear error naming the fix) and returns a :class:`Step`: the architecture, the batch, the bytes per
+clear error naming the fix) and returns a :class:`StepSettings`: the architecture, the batch, the bytes per
 element of each kind of tensor, and which layers train.
 """
 
@@ -14,8 +14,11 @@ from ftlab.memory.architectures import LINEARS, Architecture, get_architecture
 from ftlab.memory.hardware import Hardware, _target
 
 DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2}
-METHODS = ("full", "lora", "qlora", "freeze")
-OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit", "sgd", "sgd_momentum")
+# What the estimator models: the memory shapes of a step, not the training methods and optimizers
+# ftlab.training implements (training.methods.METHODS, training.optim.OPTIMIZERS). DoRA, IA3 and
+# prompt tuning are estimated as LoRA (ftlab.memory.settings.estimator_settings maps them).
+ESTIMATOR_METHODS = ("full", "lora", "qlora", "freeze")
+ESTIMATOR_OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit", "sgd", "sgd_momentum")
 QUANTIZATIONS = (None, "nf4", "nf4-dq", "int8")
 ATTENTIONS = ("eager", "sdpa", "flash")
 
@@ -37,7 +40,7 @@ def _lora_targets(targets) -> tuple[str, ...]:
 
 
 @dataclass
-class Step:
+class StepSettings:
     """A validated training configuration (see :func:`ftlab.memory.estimate_memory` for each setting)."""
 
     arch: Architecture
@@ -117,14 +120,14 @@ class Step:
 
 def make_step(model, method, batch_size, seq_len, param_dtype, mixed_precision, quantization, optimizer,
               optimizer_impl, gradient_checkpointing, lora_rank, lora_targets, lora_dropout, trainable_layers,
-              attention, loss, loss_chunk_tokens, trained_tokens, padded, device) -> Step:
-    """Check every setting (a clear error with the fix for each mistake) and build the :class:`Step`."""
+              attention, loss, loss_chunk_tokens, trained_tokens, padded, device) -> StepSettings:
+    """Check every setting (a clear error with the fix for each mistake) and build the :class:`StepSettings`."""
     arch = get_architecture(model)
     method = method.lower().replace("-", "_")
     if method == "frozen":
         method = "freeze"
-    _check_choice("method", method, METHODS)
-    _check_choice("optimizer", optimizer, OPTIMIZERS)
+    _check_choice("method", method, ESTIMATOR_METHODS)
+    _check_choice("optimizer", optimizer, ESTIMATOR_OPTIMIZERS)
     _check_choice("attention", attention, ATTENTIONS)
     _check_choice("loss", loss, ("full", "trained", "chunked"))
     if loss == "trained" and not (trained_tokens and 0 < trained_tokens <= batch_size * seq_len):
@@ -158,7 +161,7 @@ def make_step(model, method, batch_size, seq_len, param_dtype, mixed_precision, 
             raise ValueError(f"estimate_memory: trainable_layers={n_train}, but the model has {L} layers. Fix: 1..{L}.")
     else:
         n_train = L if method == "full" else 0
-    return Step(arch=arch, method=method, batch_size=batch_size, seq_len=seq_len, param_dtype=param_dtype,
+    return StepSettings(arch=arch, method=method, batch_size=batch_size, seq_len=seq_len, param_dtype=param_dtype,
                 mixed_precision=mixed_precision, quantization=quantization, optimizer=optimizer,
                 optimizer_impl=optimizer_impl, gradient_checkpointing=gradient_checkpointing, lora_rank=lora_rank,
                 targets=targets, lora_dropout=lora_dropout, n_train=n_train, attention=attention, loss=loss,

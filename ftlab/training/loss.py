@@ -28,9 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from ftlab.data.batching import model_inputs
+from ftlab.data.templates import IGNORE_INDEX
 from ftlab.training.parameters import is_peft_model
-
-IGNORE_INDEX = -100
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ftlab.memory import estimate_memory
+from ftlab.memory.settings import estimator_settings
 
 TINY, SMOL = "tiny", "smollm2-135m-instruct"
 
@@ -236,8 +237,11 @@ def estimate_for(cfg: Config, device: str, trained_tokens: int | None = None):
     from ftlab.models import smollm2_dir
 
     arch = get_architecture("tiny" if cfg.model == TINY else str(smollm2_dir()))
-    return estimate_memory(arch, method=cfg.method, batch_size=cfg.batch_size, seq_len=cfg.seq_len, optimizer=cfg.optimizer,
-                           gradient_checkpointing=cfg.checkpointing, lora_rank=cfg.lora_rank, lora_targets=cfg.lora_targets,
-                           lora_dropout=cfg.lora_dropout, attention=cfg.attention, padded=cfg.padded,
-                           trainable_layers=cfg.trainable_layers, device=device,
-                           loss="trained" if cfg.trained_fraction is not None else "full", trained_tokens=trained_tokens)
+    if (cfg.trained_fraction is not None) != (trained_tokens is not None):
+        raise ValueError(f"estimate_for({cfg.label()}): trained_tokens is needed exactly when the configuration "
+                         "trains only part of each row (trained_fraction); count the labels != -100 of its batch.")
+    return estimate_memory(arch, **estimator_settings(
+        cfg.method, cfg.batch_size, cfg.seq_len, device=device, mixed_precision=None, optimizer=cfg.optimizer,
+        gradient_checkpointing=cfg.checkpointing, lora_rank=cfg.lora_rank, lora_dropout=cfg.lora_dropout,
+        trainable_layers=cfg.trainable_layers, trained_tokens=trained_tokens,
+        lora_targets=cfg.lora_targets, attention=cfg.attention, padded=cfg.padded))
