@@ -15,8 +15,8 @@ from ftlab._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it. The packages follow the course: data -> training ->
-# memory -> evaluate (and exercises for the notebooks).
+# public name -> module that defines it. The packages are stacked in the layers of
+# docs/architecture.md: data -> memory -> training -> evaluate -> ..., the applications on top.
 _EXPORTS = {
     "load_model": "models", "load_tokenizer": "models", "chat": "models", "prefetch": "models",
     "pick_device": "models", "pick_dtype": "models",

@@ -1,8 +1,9 @@
-"""Lazy exports: how ``ftlab`` and its subpackages offer every public name without importing torch up front.
+"""Lazy exports: how the top-level ``ftlab`` offers its public names without importing torch up front.
 
-Each package lists ``{public name: submodule}``. The first time a name is used, its submodule is
-imported and the value cached on the package, so ``import ftlab`` stays instant in a notebook and
-``from ftlab.training import train`` still works like any import.
+``ftlab/__init__.py`` lists ``{public name: submodule}``. The first time a name is used, its submodule
+is imported and the value cached on the package, so ``import ftlab`` stays instant in a notebook, the
+workshop hub can ``import ftlab.workshop`` without torch, and ``from ftlab import train`` still works
+like any import. The subpackages import their few public names plainly.
 """
 
 from __future__ import annotations

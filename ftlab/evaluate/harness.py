@@ -9,7 +9,7 @@ holds steps 2 (scoring) and the harness that ties them together; the others have
 2. ``evaluate_model`` -- for each chat/instruction record, the prompt is every message
    before the last assistant message, rendered by the chat template with the generation
    prompt; the last assistant message is the reference. Course tasks are scored with
-   ``ftlab.data.score_example``; other records with a metric you choose.
+   ``ftlab.evaluate.score_example``; other records with a metric you choose.
 3. ``bootstrap_ci`` (``evaluate/stats.py``) -- a percentile bootstrap confidence interval: how much the mean score
    would move with a different sample of test examples. With 100 examples an accuracy of
    0.60 is really "somewhere between about 0.50 and 0.70".
@@ -75,7 +75,7 @@ def score_answers(predictions, references, tasks=None, metric=None) -> tuple[lis
     Rules, per example: if ``metric`` is given (a name from ``METRICS`` or a function
     ``(prediction, reference) -> float``) it is used for every example. Otherwise an example
     whose task is a course task (``ftlab.data.TASKS``) is scored with
-    ``ftlab.data.score_example``, and any other example with ``token_f1``. The names
+    ``ftlab.evaluate.score_example``, and any other example with ``token_f1``. The names
     returned say which rule scored which example.
     """
     from ftlab.data.course import TASKS
