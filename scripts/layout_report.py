@@ -110,6 +110,18 @@ class Source:
             self._exports[package] = table
         return self._exports[package]
 
+    def defines(self, package: str, name: str) -> bool:
+        """True when the package's ``__init__`` itself defines ``name`` (a def, class or assignment)."""
+        for node in self.trees[package].body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == name:
+                return True
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+                return True
+            if isinstance(node, ast.FunctionDef) and node.name == "__getattr__":  # a name it makes on demand
+                if any(isinstance(c, ast.Constant) and c.value == name for c in ast.walk(node)):
+                    return True
+        return False
+
     def resolve(self, module: str, name: str | None, seen=()) -> str | None:
         """The ftlab module that defines ``name`` imported from ``module`` (None: not an ftlab module)."""
         if name is not None and f"{module}.{name}" in self.paths:
@@ -171,9 +183,10 @@ def _code_files(root: Path):
         yield nb, "\n".join(code)
 
 
-def unused_exports(root=DEFAULT_ROOT) -> list[str]:
+def unused_exports(root=DEFAULT_ROOT, missing: list | None = None) -> list[str]:
     """Names a subpackage's ``__init__`` imports that no file outside the defining module imports from
-    that package (``from ftlab.data import x``, ``ftlab.data.x``, ``data.x`` after ``from ftlab import data``)."""
+    that package (``from ftlab.data import x``, ``ftlab.data.x``, ``data.x`` after ``from ftlab import data``).
+    With a ``missing`` list, also appends the names used that way that the package does not offer."""
     root = Path(root)
     src = Source(root)
     packages = sorted(p for p in src.packages if p != FACADE)
@@ -203,6 +216,10 @@ def unused_exports(root=DEFAULT_ROOT) -> list[str]:
                     owner = aliases.get(v.id, v.id) + "".join("." + c for c in reversed(chain[1:]))
                     if owner in used and owner != here:
                         used[owner].add(chain[0])
+    if missing is not None:  # the other direction: names used through a package that it does not offer
+        for p in packages:
+            missing += [f"{p}.{name}" for name in sorted(used[p]) if name not in src.exports(p)
+                        and f"{p}.{name}" not in src.paths and not src.defines(p, name)]
     out = []
     for p in packages:
         for name in sorted(src.exports(p)):

@@ -86,9 +86,11 @@ def test_an_import_that_goes_up_is_caught_however_it_is_written(tmp_path):
     assert all("imports ftlab.evaluate.scoring (layer evaluate)" in u and "own layer or lower ones" in u for u in upward)
 
 
-def test_every_export_is_used_outside_its_module():
-    unused = layout_report.unused_exports(ROOT)
+def test_every_export_is_used_outside_its_module_and_every_used_name_is_exported():
+    missing = []
+    unused = layout_report.unused_exports(ROOT, missing)
     assert unused == [], f"exported, but nothing outside the defining module imports them from the package: {unused}"
+    assert missing == [], f"used through a package (in ftlab, tests, scripts, notebooks) that does not offer them: {missing}"
 
 
 def test_import_ftlab_and_the_workshop_plan_need_no_torch():

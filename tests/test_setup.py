@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 import ftlab
-from ftlab import profiles, system
+from ftlab import profiles
+from ftlab.preflight import system
 
 ROOT = Path(__file__).resolve().parents[1]
 

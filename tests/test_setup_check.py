@@ -4,7 +4,8 @@ a fix per problem otherwise; never an exception."""
 import importlib.metadata as md
 
 import ftlab
-from ftlab import models, system
+from ftlab import models
+from ftlab.preflight import system
 
 
 def _device_ok(report):  # this machine's device and free memory are not under test here
@@ -21,7 +22,7 @@ def test_all_well_is_one_line(capsys, monkeypatch):
 
 
 def test_a_device_warning_is_shown_with_its_fix(capsys, monkeypatch):
-    monkeypatch.setattr(system, "_meminfo", lambda: {"MemTotal": 8 * 2**30, "MemAvailable": 2**30})
+    monkeypatch.setattr(system, "meminfo", lambda: {"MemTotal": 8 * 2**30, "MemAvailable": 2**30})
     ftlab.setup_check()
     out = capsys.readouterr().out
     assert "system memory: 8.0 GiB total, 1.0 GiB available" in out and "Close other programs" in out

@@ -4,7 +4,7 @@
 
 # The package's public names: imported from here by notebooks, tests and other packages.
 from ftlab.exercises.answers import answer_or_solution, check, is_right, is_unanswered, solution, solution_source
-from ftlab.exercises.checkers import Number, exercise, load_all
+from ftlab.exercises.checkers import SOLUTIONS_ENV, Number, exercise, load_all
 
 
 def __getattr__(name):

@@ -11,10 +11,11 @@ each layer saves, the loss buffers), ``timeline`` (forward, backward, optimizer 
 """
 
 # The package's public names: imported from here by notebooks, tests and other packages.
-from ftlab.memory.architectures import get_architecture
+from ftlab.memory.advice import advise, worked_example_7b
+from ftlab.memory.architectures import ARCHITECTURES, Architecture, get_architecture
 from ftlab.memory.cli import cli_main
 from ftlab.memory.estimator import estimate_memory
 from ftlab.memory.hardware import HARDWARE
 from ftlab.memory.inference import estimate_inference_memory
-from ftlab.memory.state import nf4_bytes_per_parameter
+from ftlab.memory.state import nf4_bytes_per_parameter, nf4_constant_bytes
 from ftlab.memory.step import DTYPE_BYTES

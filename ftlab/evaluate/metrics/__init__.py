@@ -13,8 +13,10 @@ Example:
 """
 
 # The package's public names: imported from here by notebooks, tests and other packages.
-from ftlab.evaluate.metrics.answers import exact_match, is_valid_json, json_field_accuracy, token_f1
-from ftlab.evaluate.metrics.bleu_chrf import chrf
+from ftlab.evaluate.metrics.answers import (classification_scores, exact_match, is_valid_json, json_field_accuracy,
+                                            normalize_answer, token_f1)
+from ftlab.evaluate.metrics.bleu_chrf import bleu, chrf
 from ftlab.evaluate.metrics.diversity import distinct_n, repetition_rate
-from ftlab.evaluate.metrics.rouge_family import rouge_scores
-from ftlab.evaluate.metrics.similarity import semantic_similarity
+from ftlab.evaluate.metrics.language_model import mean_token_accuracy, perplexity
+from ftlab.evaluate.metrics.rouge_family import rouge, rouge_scores
+from ftlab.evaluate.metrics.similarity import load_embedding_model, semantic_similarity
