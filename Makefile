@@ -51,6 +51,7 @@ test-fast: setup model
 bench: setup model
 	$(PY) -m ftlab.bench.train
 	$(PY) -m ftlab.bench.memory
+	$(PY) -m ftlab.bench.generate
 	$(PY) -m ftlab.bench.quality
 	$(PY) -m ftlab.bench.serve
 

@@ -927,23 +927,13 @@ PROBE_CANDIDATES = [
 
 
 def generate_greedy(model, tok, conversations, max_new_tokens=64, batch_size=24, desc="generating"):
-    """Greedy answers for many conversations at once (left padding), as ``ftlab.chat`` would give them
-    one by one; batching makes it several times faster on a CPU."""
-    import torch
-    from tqdm.auto import tqdm
+    """Greedy answers for many conversations at once, as ``ftlab.chat`` would give them one by one:
+    ftlab's one generation loop (``ftlab.evaluate.generate_answers``), batched because that is several
+    times faster on a CPU."""
+    from ftlab.evaluate import generate_answers
 
-    tok.padding_side = "left"
-    model.eval()
-    answers = []
-    for start in tqdm(range(0, len(conversations), batch_size), desc=desc):
-        batch = conversations[start:start + batch_size]
-        prompts = [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in batch]
-        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        answers += [tok.decode(seq, skip_special_tokens=True).strip() for seq in out[:, enc["input_ids"].shape[1]:]]
-    return answers
+    print(f"{desc}: {len(conversations)} conversations")
+    return generate_answers(model, tok, conversations, max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 
 def verify_probes(out_dir):

@@ -339,35 +339,39 @@ def load_model(
 
 
 @torch.no_grad()
-def chat(model, tokenizer, prompt, max_new_tokens: int = 64, system: str | None = None, do_sample: bool = False, **gen_kwargs) -> str:
+def chat(model, tokenizer, prompt, max_new_tokens: int = 64, system: str | None = None, do_sample: bool = False,
+         temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None) -> str:
     """Ask the model one question (or continue a list of messages) through its chat template.
 
-    Greedy by default, so the answer is reproducible. Returns only the newly generated text.
+    Greedy by default, so the answer is reproducible; ``do_sample=True`` samples with
+    ``temperature`` and ``top_p`` (``seed``: a repeatable draw). Generation stops at the
+    end-of-turn token (``ftlab.generation``, the loop evaluation uses too). Returns only the
+    newly generated text.
 
     Example:
         >>> model, tok = load_model("tiny")
         >>> isinstance(chat(model, tok, "Hi", max_new_tokens=3), str)
         True
     """
+    from ftlab.generation import generate_tokens, stop_token_ids
+
     if isinstance(prompt, str):
         messages = [{"role": "user", "content": prompt}]
     else:
         messages = list(prompt)
     if system is not None:
         messages = [{"role": "system", "content": system}] + [m for m in messages if m["role"] != "system"]
-    enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    device = next(model.parameters()).device
-    enc = {k: v.to(device) for k, v in enc.items()}
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+    stops = stop_token_ids(tokenizer, model)
+    generator = None
+    if do_sample and seed is not None:
+        generator = torch.Generator(next(model.parameters()).device).manual_seed(seed)
     was_training = model.training
     model.eval()
-    out = model.generate(
-        **enc,
-        max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        **gen_kwargs,
-    )
-    if was_training:
-        model.train()
-    return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    try:
+        new = generate_tokens(model, [ids], max_new_tokens=max_new_tokens, stop_ids=stops,
+                              pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0],
+                              do_sample=do_sample, temperature=temperature, top_p=top_p, generator=generator)[0]
+    finally:
+        model.train(was_training)
+    return tokenizer.decode(new, skip_special_tokens=True).strip()

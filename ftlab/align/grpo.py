@@ -24,7 +24,7 @@ from ftlab.align.logprobs import reference_model, token_logprobs
 from ftlab.align.losses import group_advantages, grpo_loss
 from ftlab.align.rewards import score_completions
 from ftlab.data import collate, load_records, render_prompt
-from ftlab.evaluate import stop_token_ids
+from ftlab.generation import generate_tokens, stop_token_ids
 
 
 def grpo_prompts(rows) -> list[dict]:
@@ -40,39 +40,29 @@ def grpo_prompts(rows) -> list[dict]:
     return out
 
 
-@torch.no_grad()
 def sample_completions(model, tokenizer, prompts: list[dict], num_generations: int, temperature: float = 1.0,
-                       max_new_tokens: int = 48) -> dict:
+                       max_new_tokens: int = 48, top_p: float = 1.0, generator=None) -> dict:
     """``num_generations`` sampled completions of every prompt, the group's rows next to each other.
 
+    Sampled by ftlab's one generation loop (``ftlab.evaluate.generate_tokens``) from torch's global
+    generator (the training loop seeds it) or from ``generator``.
     Returns ``{"texts": [...], "prompt_ids": [[...]], "completion_ids": [[...]]}``; a completion's
     ids run up to and including its end-of-turn token (the token SFT trains, and that ends generation).
     """
-    texts = [render_prompt(p["messages"], tokenizer) for p in prompts]
+    encoded = [tokenizer(render_prompt(p["messages"], tokenizer), add_special_tokens=False)["input_ids"]
+               for p in prompts]
+    prompt_ids = [ids for ids in encoded for _ in range(num_generations)]
     stops = stop_token_ids(tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
-    old_side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues every row at its end
-    try:
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    finally:
-        tokenizer.padding_side = old_side
-    device = next(model.parameters()).device
-    ids = enc["input_ids"].repeat_interleave(num_generations, 0).to(device)
-    attn = enc["attention_mask"].repeat_interleave(num_generations, 0).to(device)
     was_training = model.training
     model.eval()
     try:
-        out = model.generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=temperature, top_k=0,
-                             top_p=1.0, max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad_id)
+        completion_ids = generate_tokens(model, prompt_ids, max_new_tokens=max_new_tokens, stop_ids=stops,
+                                         pad_id=pad_id, do_sample=True, temperature=temperature, top_p=top_p,
+                                         generator=generator)
     finally:
         model.train(was_training)
-    prompt_ids, completion_ids, decoded = [], [], []
-    for row, mask in zip(out, attn):
-        prompt_ids.append(row[:ids.shape[1]][mask.bool()].tolist())
-        completion = row[ids.shape[1]:].tolist()
-        end = next((i + 1 for i, t in enumerate(completion) if t in stops), len(completion))
-        completion_ids.append(completion[:end])
-        decoded.append(tokenizer.decode(completion[:end], skip_special_tokens=True))
+    decoded = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
     return {"texts": decoded, "prompt_ids": prompt_ids, "completion_ids": completion_ids}
 
 

@@ -1,33 +1,15 @@
-"""Generation for evaluation: batched, left-padded, greedy or sampled, stopping at the end of the turn.
+"""Generation for evaluation: many prompts in batches sorted by length, greedy or sampled.
 
-A batch of prompts must *end* at the same position so the new tokens line up, hence left padding.
+The loop itself is ``ftlab.generation.generate_tokens``, the one that ``chat`` and GRPO use too.
 """
 
 from __future__ import annotations
 
-
-
+from ftlab.generation import generate_tokens, stop_token_ids
 
 # ----------------------------------------------------------------------------------------
 # Generation
 # ----------------------------------------------------------------------------------------
-
-
-def stop_token_ids(tokenizer, model=None) -> list[int]:
-    """Token ids that end an answer: the tokenizer's eos, ``<|im_end|>`` if the vocabulary has it,
-    and whatever the model's generation config lists as eos."""
-    ids = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id and im_end >= 0:
-        ids.add(im_end)
-    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if isinstance(config_eos, int):
-        ids.add(config_eos)
-    elif config_eos:
-        ids.update(config_eos)
-    return sorted(ids)
 
 
 def _as_messages(item, i) -> list[dict]:
@@ -83,12 +65,11 @@ def generate_answers(model, tokenizer, prompts, *, max_new_tokens: int = 64, bat
     rest goes through the chat template with the generation prompt
     (``ftlab.data.render_prompt``, the same rendering training uses).
 
-    Generation stops at the end-of-turn token (see ``stop_token_ids``) or after
-    ``max_new_tokens``. Prompts are sorted by length before batching so little padding is
-    wasted, and padded on the *left*: a decoder writes its next token after the last
-    position, so every prompt of a batch must end there. Greedy by default; with
-    ``do_sample=True``, ``temperature`` and ``top_p`` apply and ``seed`` makes the run
-    repeatable (``torch.manual_seed``).
+    Generation (:func:`generate_tokens`) stops at the end-of-turn token (see
+    ``stop_token_ids``) or after ``max_new_tokens``. Prompts are sorted by length before
+    batching so little padding is wasted (answers come back in the order of ``prompts``).
+    Greedy by default; with ``do_sample=True``, ``temperature`` and ``top_p`` apply and
+    ``seed`` makes the run repeatable.
 
     With ``return_details`` also returns a list of dicts per answer: ``new_tokens`` (how
     many were generated) and ``stopped`` (True if it ended with the end-of-turn token
@@ -101,42 +82,32 @@ def generate_answers(model, tokenizer, prompts, *, max_new_tokens: int = 64, bat
     import torch
     from tqdm.auto import tqdm
 
+    from ftlab.budget import check_generation  # a workshop's per-participant budget (evaluate_model comes here too)
     from ftlab.data.templates import render_prompt
 
     prompts = list(prompts)
     texts = [render_prompt(_as_messages(p, i), tokenizer, template) for i, p in enumerate(prompts)]
+    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     stops = stop_token_ids(tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
-    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-    from ftlab.budget import check_generation  # a workshop's per-participant budget (evaluate_model comes here too)
-    check_generation(model, min(batch_size, len(texts)), max(lengths, default=0), max_new_tokens)
-    order = sorted(range(len(texts)), key=lambda i: lengths[i])
-    answers, details = [None] * len(texts), [None] * len(texts)
+    check_generation(model, min(batch_size, len(texts)), max(map(len, encoded), default=0), max_new_tokens)
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
     device = next(model.parameters()).device
-    gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad_id,
-                      eos_token_id=stops)
-    if do_sample:
-        gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
-        torch.manual_seed(seed)
-
-    old_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    generator = torch.Generator(device=device).manual_seed(seed) if do_sample else None
+    answers, details = [None] * len(texts), [None] * len(texts)
     was_training = model.training
     model.eval()
     try:
         batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         for batch in tqdm(batches, desc="generating", disable=not progress, unit="batch"):
-            enc = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(device)
-            with torch.no_grad():
-                out = model.generate(**enc, **gen_kwargs)
-            new = out[:, enc["input_ids"].shape[1]:].tolist()
+            new = generate_tokens(model, [encoded[i] for i in batch], max_new_tokens=max_new_tokens,
+                                  stop_ids=stops, pad_id=pad_id, do_sample=do_sample,
+                                  temperature=temperature, top_p=top_p, generator=generator)
             for i, tokens in zip(batch, new):
-                # cut at the first stop token; what follows it is padding
-                end = next((k for k, t in enumerate(tokens) if t in stops), None)
-                kept = tokens if end is None else tokens[:end]
+                stopped = tokens[-1] in stops
+                kept = tokens[:-1] if stopped else tokens
                 answers[i] = tokenizer.decode(kept, skip_special_tokens=True).strip()
-                details[i] = {"new_tokens": len(kept), "stopped": end is not None}
+                details[i] = {"new_tokens": len(kept), "stopped": stopped}
     finally:
-        tokenizer.padding_side = old_side
         model.train(was_training)
     return (answers, details) if return_details else answers

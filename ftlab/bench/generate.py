@@ -1,0 +1,162 @@
+"""How fast does ftlab generate? Its one loop against ``model.generate`` and the matmul limit.
+
+``python -m ftlab.bench.generate`` (``--help`` for the options) answers course test prompts
+(greedy, chat template, up to ``--max-new-tokens``) at batch sizes 1, 8 and 16, in one process:
+
+* **ftlab**: ``generate_answers``, the path ``evaluate_model``, ``chat`` and GRPO sampling share
+  (``ftlab.generation``: prompts sorted by length, a row leaves the batch when it ends);
+* **model.generate**: the same sorted batches through transformers' ``model.generate`` - what
+  ``generate_answers`` did before it had its own loop;
+* **matmul limit**: the time this CPU takes for the model's own matrix products at that batch size
+  (every ``nn.Linear`` shape, measured), turned into generated tokens/s. Nothing that runs the
+  model can beat it; attention, norms and Python come on top.
+
+Tokens/s counts generated tokens (the end-of-turn token included) over wall time. Both paths must
+give the same tokens (``same`` column); the script fails if they do not. The last lines print
+``speedup_16=`` (ftlab over model.generate at batch 16) and ``target_met=`` (>= 2x).
+
+Batch size B answers ``min(--prompts, 16·B)`` prompts, so batch 1 does not take all afternoon.
+The machine may be shared: the two paths run back to back per batch size, and the load average is
+printed before and after; compare numbers of one run. The profile picks the model and sizes: the
+laptop profile runs SmolLM2-135M-Instruct on 96 prompts (a few minutes on 2 cores), the ci profile
+the tiny random model in seconds (its answers never stop, so it checks the script, not the speed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import time
+
+import torch
+
+TARGET_SPEEDUP = 2.0
+
+
+def load_prompts(tokenizer, n: int) -> list[list[int]]:
+    """The first ``n`` course instruction test prompts, rendered and tokenised as ftlab evaluates them."""
+    from ftlab.data import load_course_data, render_prompt
+    from ftlab.evaluate import prepare_records
+
+    items = prepare_records(load_course_data("instructions", "test", limit=n))
+    return [tokenizer(render_prompt(it["messages"], tokenizer), add_special_tokens=False)["input_ids"]
+            for it in items]
+
+
+def run_ftlab(model, tokenizer, prompts, batch_size, max_new_tokens, stops) -> list[list[int]]:
+    """``generate_answers``' batching (sorted by length) around ftlab's loop; tokens in prompt order."""
+    from ftlab.generation import generate_tokens
+
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out = [None] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        new = generate_tokens(model, [prompts[i] for i in batch], max_new_tokens=max_new_tokens,
+                              stop_ids=stops, pad_id=tokenizer.pad_token_id)
+        for i, tokens in zip(batch, new):
+            out[i] = tokens
+    return out
+
+
+def run_hf_generate(model, tokenizer, prompts, batch_size, max_new_tokens, stops) -> list[list[int]]:
+    """The same sorted batches through ``model.generate`` (left padding), cut after the first stop token."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out = [None] * len(prompts)
+    pad = tokenizer.pad_token_id
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        width = max(len(prompts[i]) for i in batch)
+        ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in batch])
+        mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in batch])
+        with torch.no_grad():
+            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                 do_sample=False, eos_token_id=stops, pad_token_id=pad)
+        for i, row in zip(batch, gen[:, width:].tolist()):
+            end = next((k + 1 for k, t in enumerate(row) if t in stops), len(row))
+            out[i] = row[:end]
+    return out
+
+
+def matmul_limit(model, batch_size: int, min_seconds: float = 0.2) -> dict:
+    """Generated tokens/s if a decode step cost only its matrix products: every ``nn.Linear`` shape
+    of the model timed at ``batch_size`` rows on this machine, weighted by how often it occurs."""
+    from ftlab.bench.train import measure_matmul_flops
+
+    shapes = collections.Counter((m.in_features, m.out_features) for m in model.modules()
+                                 if isinstance(m, torch.nn.Linear))
+    flops = measure_matmul_flops(torch.device("cpu"), torch.float32,
+                                 [(batch_size, k, n) for k, n in shapes], min_seconds=min_seconds)
+    step_s = sum(count * 2 * batch_size * k * n / flops[f"{batch_size}x{k}x{n}"] for (k, n), count in shapes.items())
+    step_flop = sum(count * 2 * batch_size * k * n for (k, n), count in shapes.items())
+    return {"tok_s": batch_size / step_s, "gflop_s": step_flop / step_s / 1e9}
+
+
+def bench_batch(model, tokenizer, prompts, batch_size, max_new_tokens, stops) -> dict:
+    """Both paths on the same prompts, back to back, and the matmul limit at this batch size."""
+    timings, outputs = {}, {}
+    for name, fn in (("ftlab", run_ftlab), ("generate", run_hf_generate)):
+        t0 = time.perf_counter()
+        outputs[name] = fn(model, tokenizer, prompts, batch_size, max_new_tokens, stops)
+        timings[name] = time.perf_counter() - t0
+    tokens = sum(len(t) for t in outputs["ftlab"])
+    limit = matmul_limit(model, batch_size)
+    return {"batch": batch_size, "prompts": len(prompts), "tokens": tokens,
+            "ftlab_tok_s": tokens / timings["ftlab"], "generate_tok_s": tokens / timings["generate"],
+            "speedup": timings["generate"] / timings["ftlab"], "same": outputs["ftlab"] == outputs["generate"],
+            "limit_tok_s": limit["tok_s"], "limit_gflop_s": limit["gflop_s"]}
+
+
+def print_table(rows) -> None:
+    print(f"{'batch':>5} {'prompts':>7} {'tokens':>6} {'ftlab tok/s':>11} {'generate tok/s':>14} "
+          f"{'speed-up':>8} {'same':>5} {'matmul limit tok/s':>18} {'(GFLOP/s)':>9} {'ftlab % of limit':>16}")
+    for r in rows:
+        print(f"{r['batch']:>5} {r['prompts']:>7} {r['tokens']:>6} {r['ftlab_tok_s']:>11.1f} "
+              f"{r['generate_tok_s']:>14.1f} {r['speedup']:>7.2f}x {str(r['same']):>5} "
+              f"{r['limit_tok_s']:>18.0f} {r['limit_gflop_s']:>9.1f} {100 * r['ftlab_tok_s'] / r['limit_tok_s']:>15.0f}%")
+
+
+def main(argv=None) -> int:
+    from ftlab import get_profile, load_model
+    from ftlab.generation import stop_token_ids
+
+    profile = get_profile()
+    p = argparse.ArgumentParser(prog="python -m ftlab.bench.generate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=profile.model_name, help="any name ftlab.load_model accepts (default: the profile's)")
+    p.add_argument("--prompts", type=int, default=16 if profile.is_ci else 96, help="course test prompts at most")
+    p.add_argument("--max-new-tokens", type=int, default=profile.max_new_tokens)
+    p.add_argument("--batches", default="1,8,16", help="comma-separated batch sizes (default %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tokenizer = load_model(args.model, device="cpu", dtype="fp32")
+    model.eval()
+    stops = stop_token_ids(tokenizer, model)
+    prompts = load_prompts(tokenizer, args.prompts)
+    print(f"model {args.model}, {len(prompts)} prompts, up to {args.max_new_tokens} new tokens, greedy, "
+          f"{torch.get_num_threads()} threads; load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    rows = []
+    for batch_size in [int(b) for b in args.batches.split(",")]:
+        chosen = prompts[:min(len(prompts), 16 * batch_size)]
+        rows.append(bench_batch(model, tokenizer, chosen, batch_size, args.max_new_tokens, stops))
+        print(f"  batch {batch_size} done (load average {os.getloadavg()[0]:.1f})", flush=True)
+    print_table(rows)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=1)
+    if not all(r["same"] for r in rows):
+        print("FAILED: ftlab's greedy tokens differ from model.generate's")
+        return 1
+    at16 = [r for r in rows if r["batch"] == 16]
+    if at16:
+        print(f"speedup_16={at16[0]['speedup']:.2f}")
+        print(f"target_met={'yes' if at16[0]['speedup'] >= TARGET_SPEEDUP else 'no'} (>= {TARGET_SPEEDUP:.0f}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
