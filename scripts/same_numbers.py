@@ -1,4 +1,5 @@
-"""Numbers a refactor must not change: two short training histories (LoRA, full), an estimate, metric values.
+"""Numbers a refactor must not change: two short training histories (LoRA, full), an estimate, metric values,
+and the alignment histories (DPO, IPO, ORPO, GRPO; added for #22's one loop: identical before (b0c99d4) and after).
 
     FTLAB_PROFILE=ci python scripts/same_numbers.py > after.txt     # diff against the same run before the change
 
@@ -19,3 +20,17 @@ e = estimate_memory("smollm2-135m-instruct", method="qlora", seq_len=512, batch_
 print("estimate", e.total_bytes if hasattr(e, "total_bytes") else e)
 from ftlab.evaluate import bleu, rouge, chrf, token_f1
 print("metrics", bleu(["the cat sat on a mat"], ["the cat sat on the mat"]).score, rouge(["the cat sat"], ["a cat sat down"]), chrf(["hello there"], ["hello world"]).score, token_f1("in Paris, France", "Paris"))
+# alignment (#22): DPO, IPO, ORPO and GRPO histories on the tiny model, timings left out
+from ftlab.align import AlignConfig, grpo_prompts, length_reward, load_preferences, train_grpo, train_preferences
+from ftlab.data import data_dir
+TIMING = ("tokens_per_s", "peak_memory_mb", "elapsed_s")
+prefs = load_preferences(data_dir() / "preferences.jsonl", limit=8)
+common = dict(max_steps=3, batch_size=2, lr=1e-3, progress=False, log_to=(), save_final=False)
+for loss, extra in (("dpo", {"label_smoothing": 0.1}), ("ipo", {"beta": 0.5}), ("orpo", {"grad_accum_steps": 2})):
+    model, tok = load_model("tiny", seed=0)
+    r = train_preferences(model, tok, prefs, AlignConfig(output_dir=f"/tmp/same-{loss}", loss=loss, **common, **extra))
+    print(loss, json.dumps([{k: v for k, v in sorted(h.items()) if k not in TIMING} for h in r.history]))
+model, tok = load_model("tiny", seed=0)
+r = train_grpo(model, tok, grpo_prompts(data[:4]), [length_reward], AlignConfig(output_dir="/tmp/same-grpo", loss="grpo",
+               max_new_tokens=8, num_generations=3, **common))
+print("grpo", json.dumps([{k: v for k, v in sorted(h.items()) if k not in TIMING} for h in r.history]), r.samples)
