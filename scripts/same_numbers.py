@@ -1,5 +1,6 @@
 """Numbers a refactor must not change: two short training histories (LoRA, full), estimates (the estimator, the
-workshop plan, the budget's and the memory bench's translations of a config), metric values, and alignment losses.
+workshop plan, the budget's and the memory bench's translations of a config), metric values, and the alignment
+histories (DPO, IPO, ORPO, GRPO).
 
     FTLAB_PROFILE=ci python scripts/same_numbers.py > after.txt     # diff against the same run before the change
 
@@ -36,11 +37,17 @@ from ftlab.bench.memory import CONFIGS, estimate_for
 print("bench-memory", json.dumps([estimate_for(c, "cpu").total_bytes for c in CONFIGS
                                   if c.model == "tiny" and c.trained_fraction is None]))
 
-# alignment losses: DPO and ORPO, four steps each
-from ftlab.align import AlignConfig, load_preferences, train_preferences
-pairs = load_preferences("data/preferences.jsonl", limit=8)
-for loss in ("dpo", "orpo"):
+# alignment (#22): DPO, IPO, ORPO and GRPO histories on the tiny model, timings left out
+from ftlab.align import AlignConfig, grpo_prompts, length_reward, load_preferences, train_grpo, train_preferences
+from ftlab.data import data_dir
+TIMING = ("tokens_per_s", "peak_memory_mb", "elapsed_s")
+prefs = load_preferences(data_dir() / "preferences.jsonl", limit=8)
+common = dict(max_steps=3, batch_size=2, lr=1e-3, progress=False, log_to=(), save_final=False)
+for loss, extra in (("dpo", {"label_smoothing": 0.1}), ("ipo", {"beta": 0.5}), ("orpo", {"grad_accum_steps": 2})):
     model, tok = load_model("tiny", seed=0)
-    r = train_preferences(model, tok, pairs, AlignConfig(output_dir=f"/tmp/same-{loss}", loss=loss, max_steps=4,
-                          batch_size=2, lr=1e-3, progress=False, log_to=(), save_final=False))
-    print(loss, json.dumps([h.get("loss") for h in r.history]))
+    r = train_preferences(model, tok, prefs, AlignConfig(output_dir=f"/tmp/same-{loss}", loss=loss, **common, **extra))
+    print(loss, json.dumps([{k: v for k, v in sorted(h.items()) if k not in TIMING} for h in r.history]))
+model, tok = load_model("tiny", seed=0)
+r = train_grpo(model, tok, grpo_prompts(data[:4]), [length_reward], AlignConfig(output_dir="/tmp/same-grpo", loss="grpo",
+               max_new_tokens=8, num_generations=3, **common))
+print("grpo", json.dumps([{k: v for k, v in sorted(h.items()) if k not in TIMING} for h in r.history]), r.samples)

@@ -339,3 +339,142 @@ def test_tokenised_examples_reuse_their_cached_reference(tmp_path, monkeypatch):
     assert calls == []                                   # the cached reference was used
     for a, b, c in zip(from_records, first, second):
         assert math.isclose(a["loss"], b["loss"], rel_tol=1e-5) and math.isclose(b["loss"], c["loss"], rel_tol=1e-5)
+
+
+# --------------------------------------------------------------------------- settings a loss cannot honour
+
+
+@pytest.mark.parametrize("name,value,loss", [
+    ("beta", 0.5, "grpo"), ("label_smoothing", 0.1, "ipo"), ("label_smoothing", 0.1, "orpo"),
+    ("orpo_nll_on", "sequence", "dpo"), ("max_length", 256, "grpo"), ("num_generations", 8, "dpo"),
+    ("temperature", 0.7, "orpo"), ("max_new_tokens", 16, "ipo"), ("epsilon", 0.3, "dpo"), ("kl_beta", 0.1, "dpo"),
+    ("kl_ratio_correction", False, "orpo"), ("grpo_loss_type", "bnpo", "dpo"),
+])
+def test_a_setting_the_loss_does_not_read_is_an_error(name, value, loss):
+    from ftlab.align.loop import READ_BY
+
+    with pytest.raises(ValueError, match=rf"AlignConfig: {name}=.* is not read by loss='{loss}'.*Fix: leave {name}"):
+        AlignConfig(loss=loss, **{name: value})
+    AlignConfig(loss=READ_BY[name][0], **{name: value})  # a loss that reads it takes it
+
+
+def test_every_loss_specific_setting_has_its_error_test():
+    from ftlab.align.loop import READ_BY
+
+    marks = test_a_setting_the_loss_does_not_read_is_an_error.pytestmark
+    tested = {params[0] for m in marks if m.name == "parametrize" for params in m.args[1]}
+    assert tested == set(READ_BY)
+
+
+def test_training_only_settings_are_not_alignment_settings(tmp_path):
+    """ftlab.train's data and evaluation settings do not exist in AlignConfig: passing one is an error
+    that names it, in Python and in a YAML file, never a silently ignored setting."""
+    for name, value in [("eval_every", 5), ("early_stopping_patience", 2), ("batching", "pack"), ("compile", True),
+                        ("train_on", "all"), ("load_best_at_end", True)]:
+        with pytest.raises(TypeError, match=name):
+            AlignConfig(**{name: value})
+    path = tmp_path / "align.yaml"
+    path.write_text("loss: dpo\neval_every: 5\n")
+    with pytest.raises(ValueError, match=rf"{path}: unknown AlignConfig field 'eval_every'"):
+        AlignConfig.from_yaml(path)
+    with pytest.raises(ValueError, match="samples its own completions"):
+        train_preferences(None, None, [], AlignConfig(loss="grpo"))
+
+
+def test_alignment_runs_on_the_training_loop(tmp_path):
+    """The shared set-up honours its settings for alignment too: gradient checkpointing gives the same
+    losses; the run ends as ftlab.train's do (result.json, on_end callbacks, the saved adapter)."""
+    records = _pairs(4)
+    common = dict(loss="dpo", max_steps=2, batch_size=2, lr=1e-3, progress=False, log_to=("jsonl",))
+    ends = []
+
+    class OnEnd:
+        def on_end(self, result):
+            ends.append(result.stopped_because)
+
+    model, tok = load_model("tiny")
+    plain = train_preferences(model, tok, records, AlignConfig(output_dir=str(tmp_path / "a"), **common),
+                              callbacks=[OnEnd()])
+    model, tok = load_model("tiny")
+    recomputed = train_preferences(model, tok, records, AlignConfig(output_dir=str(tmp_path / "b"),
+                                                                    gradient_checkpointing=True, **common))
+    for a, b in zip(plain.history, recomputed.history):
+        assert math.isclose(a["loss"], b["loss"], rel_tol=1e-5) and math.isclose(a["grad_norm"], b["grad_norm"],
+                                                                               rel_tol=1e-4)
+    assert ends == ["max_steps"] and (tmp_path / "a" / "result.json").exists()
+    assert (plain.final_path / "adapter_config.json").exists()
+
+
+# --------------------------------------------------------------------------- resume after kill -9
+
+KILLED_RUN = """
+import json, sys, time
+from ftlab.align import AlignConfig, grpo_prompts, length_reward, load_preferences, train_grpo, train_preferences
+from ftlab.data import data_dir, load_course_data
+from ftlab.models import load_model
+
+loss, out, kill_at, marker = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+resume = kill_at < 0
+
+def wait_to_be_killed(record):
+    if record["step"] == kill_at:
+        open(marker, "w").write("step %d done" % kill_at)
+        time.sleep(600)  # the test sends SIGKILL while this run is in the middle of its steps
+
+config = AlignConfig(output_dir=out, loss=loss, max_steps=5, batch_size=2, lr=1e-3, save_every=2, progress=False,
+                     log_to=("jsonl",), save_final=False, resume_from="latest" if resume else None,
+                     lora_dropout=0.1, **({"max_new_tokens": 8, "num_generations": 3} if loss == "grpo" else {}))
+model, tok = load_model("tiny")
+callbacks = [] if resume else [wait_to_be_killed]
+if loss == "grpo":
+    prompts = grpo_prompts(load_course_data("instructions", "train", limit=6))
+    result = train_grpo(model, tok, prompts, [length_reward], config, callbacks=callbacks)
+else:
+    result = train_preferences(model, tok, load_preferences(data_dir() / "preferences.jsonl", limit=6), config,
+                               callbacks=callbacks)
+print(json.dumps([[h["step"], h["loss"], h["grad_norm"]] for h in result.history]))
+"""
+
+
+@pytest.mark.parametrize("loss", ["dpo", "grpo"])
+def test_alignment_resumes_after_kill_9(tmp_path, loss):
+    """A run killed with SIGKILL after step 3 (its newest checkpoint: step 2) and resumed from 'latest'
+    follows the straight run exactly: weights, optimizer, schedule and random generators (LoRA dropout,
+    GRPO's sampling) all come back, and step 3 is redone."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script, marker = tmp_path / "run.py", tmp_path / "killed-here"
+    script.write_text(KILLED_RUN)
+
+    def run(out, kill_at):
+        return subprocess.run([sys.executable, str(script), loss, str(out), str(kill_at), str(marker)],
+                              capture_output=True, text=True, timeout=600)
+
+    straight = run(tmp_path / "straight", 0)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    proc = subprocess.Popen([sys.executable, str(script), loss, str(tmp_path / "killed"), "3", str(marker)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 600
+        while not marker.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert marker.exists(), "the run never reached step 3"
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    checkpoints = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
+    assert checkpoints == ["step-000002"]
+    resumed = run(tmp_path / "killed", -1)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout
+    want, got = (json.loads(p.stdout.strip().splitlines()[-1]) for p in (straight, resumed))
+    assert [h[0] for h in got] == [1, 2, 3, 4, 5]
+    for a, b in zip(want, got):
+        assert math.isclose(a[1], b[1], rel_tol=1e-6, abs_tol=1e-9) and math.isclose(a[2], b[2], rel_tol=1e-5), (a, b)

@@ -78,9 +78,10 @@ def grpo_batch_loss(model, tokenizer, samples: dict, advantages: torch.Tensor, c
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in completion_batch(samples["prompt_ids"], samples["completion_ids"], pad_id).items()}
     mask = torch.nn.functional.pad(batch["labels"], (0, 1), value=-100)[:, 1:] != -100
-    logps = token_logprobs(model, batch, temperature=config.temperature)
+    only = config.trained_logits_only
+    logps = token_logprobs(model, batch, temperature=config.temperature, trained_logits_only=only)
     with torch.no_grad(), reference_model(model) as ref:
-        ref_logps = token_logprobs(ref, batch, temperature=config.temperature)
+        ref_logps = token_logprobs(ref, batch, temperature=config.temperature, trained_logits_only=only)
     loss, metrics = grpo_loss(logps, logps.detach(), ref_logps, advantages.to(device), mask, epsilon=config.epsilon,
                               beta=config.kl_beta, loss_type=config.grpo_loss_type,
                               kl_ratio_correction=config.kl_ratio_correction)
@@ -107,24 +108,31 @@ def grpo_step(model, tokenizer, prompts: list[dict], reward_fns, config, reward_
 
 
 def train_grpo(model, tokenizer, prompts, reward_fns, config=None, callbacks=(), reward_weights=None, **overrides):
-    """GRPO on ``prompts`` (from :func:`grpo_prompts`), ``config.batch_size`` prompts per step, each
-    sampled ``config.num_generations`` times; returns ``ftlab.training.TrainResult``.
+    """GRPO on ``prompts`` (from :func:`grpo_prompts`), ``config.batch_size`` prompts per micro-batch
+    (``grad_accum_steps`` micro-batches per step), each sampled ``config.num_generations`` times;
+    returns ``ftlab.training.TrainResult``.
 
-    Built on the same loop as DPO (``ftlab.align.loop.run_steps``): optimizer, schedule, checkpoints,
-    logging. Start from an SFT'd model whose adapters are merged (the reference is that model).
+    Runs on ``ftlab.train``'s set-up, loop, checkpoints and logs, as DPO does (``ftlab.align.loop.run_steps``);
+    only the step below is GRPO's. Start from an SFT'd model whose adapters are merged (the reference is that model).
     """
     from ftlab.align.loop import AlignConfig, run_steps, step_indices
 
     config = dataclasses.replace(config or AlignConfig(loss="grpo"), loss="grpo", **overrides)
     prompts = list(prompts)
     samples_log = []
+    accum = config.grad_accum_steps
 
     def step_fn(policy, step):
-        idx = step_indices(len(prompts), config.batch_size, step, config.seed)
-        loss, record, samples = grpo_step(policy, tokenizer, [prompts[i] for i in idx], reward_fns, config,
-                                          reward_weights)
-        loss.backward()
-        samples_log.append(samples["texts"])
+        record, texts = {}, []
+        for micro in range(accum):
+            idx = step_indices(len(prompts), config.batch_size, step * accum + micro, config.seed)
+            loss, part, samples = grpo_step(policy, tokenizer, [prompts[i] for i in idx], reward_fns, config,
+                                            reward_weights)
+            (loss / accum).backward()
+            texts += samples["texts"]
+            for k, v in part.items():  # the step's numbers: the mean over its micro-batches
+                record[k] = record.get(k, 0) + (v if k == "tokens" else v / accum)
+        samples_log.append(texts)
         return record
 
     result = run_steps(model, tokenizer, config, step_fn, callbacks)

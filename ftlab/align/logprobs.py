@@ -35,16 +35,89 @@ def token_logprobs(model, batch: dict, temperature: float = 1.0, trained_logits_
     inputs = model_inputs({k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")})
     targets = next_token_targets(batch["labels"])
     keep = targets != IGNORE_INDEX
-    if trained_logits_only and accepts_logits_mask(model):
-        logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits  # (n_kept, vocab)
+    head = _plain_output_layer(model) if trained_logits_only and accepts_logits_mask(model) else None
+    if head is not None and torch.is_grad_enabled():
+        with _hidden_states_out(head):  # the kept positions' last hidden states, (n_kept, hidden)
+            hidden = model(**inputs, use_cache=False, logits_to_keep=keep).logits
+        picked = _KeptLogProbs.apply(hidden, head.weight, targets[keep], temperature)
     else:
-        logits = model(**inputs, use_cache=False).logits[:, -targets.shape[1]:][keep]
+        if trained_logits_only and accepts_logits_mask(model):
+            logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits  # (n_kept, vocab)
+        else:
+            logits = model(**inputs, use_cache=False).logits[:, -targets.shape[1]:][keep]
+        picked = _picked_logprobs(logits, targets[keep], temperature)
+    out = torch.zeros(targets.shape, dtype=picked.dtype, device=picked.device)
+    return out.masked_scatter(keep, picked)
+
+
+def _picked_logprobs(logits, targets, temperature):
     logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
-    picked = -F.cross_entropy(logits, targets[keep], reduction="none")  # log_softmax at the target, fused
-    out = torch.zeros(targets.shape, dtype=picked.dtype, device=picked.device)
-    return out.masked_scatter(keep, picked)
+    return -F.cross_entropy(logits, targets, reduction="none")  # log_softmax at the target, fused
+
+
+class _KeptLogProbs(torch.autograd.Function):
+    """log p(target) from the kept positions' last hidden states and the output layer's weight.
+
+    Why: the logits of the kept positions are the step's biggest tensors (n_kept x 49,152 in fp32).
+    Through plain autograd, the log-softmax output stays saved from the forward to the backward, and
+    the backward adds its gradient and the logits' gradient next to it: three such tensors alive at
+    the start of the backward, on top of all the activations - the step's peak. Here the forward
+    saves only the hidden states; the backward recomputes the logits, and their gradient takes the
+    place of the gradient that reaches the log-softmax: at most two such tensors at a time. The
+    operations are the ones autograd would run, so the numbers are the same, to the bit.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, temperature):
+        ctx.save_for_backward(hidden, weight, targets)
+        ctx.temperature = temperature
+        return _picked_logprobs(F.linear(hidden, weight), targets, temperature)
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden, weight, targets = ctx.saved_tensors
+        logits = F.linear(hidden, weight).float()
+        if ctx.temperature != 1.0:
+            logits = logits / ctx.temperature
+        logp = torch.log_softmax(logits, dim=-1)
+        del logits
+        # The gradient reaching the log-softmax: `grad` at each row's target, 0 elsewhere (cross-entropy's).
+        rows = torch.arange(len(targets), device=targets.device)
+        grad_logits = torch.zeros_like(logp).index_put_((rows, targets), grad)
+        # The very kernel autograd runs for log_softmax's backward, writing over its input (out=).
+        torch._log_softmax_backward_data(grad_logits, logp, -1, logp.dtype, out=grad_logits)
+        del logp
+        if ctx.temperature != 1.0:
+            grad_logits = grad_logits / ctx.temperature
+        grad_logits = grad_logits.to(hidden.dtype)
+        grad_hidden = grad_logits.mm(weight) if ctx.needs_input_grad[0] else None
+        grad_weight = grad_logits.t().mm(hidden) if ctx.needs_input_grad[1] else None
+        return grad_hidden, grad_weight, None, None
+
+
+def _plain_output_layer(model):
+    """The model's output layer if it is a bias-free ``nn.Linear`` whose output is the logits as is
+    (no soft-capping or scaling after it); else ``None`` (then the plain path runs)."""
+    base = model.get_base_model() if is_peft_model(model) else model
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    config = getattr(base, "config", None)
+    if type(head) is not torch.nn.Linear or head.bias is not None or config is None:
+        return None
+    if any(getattr(config, name, None) not in (None, 1.0) for name in ("final_logit_softcapping", "logit_scale")):
+        return None
+    return head
+
+
+@contextlib.contextmanager
+def _hidden_states_out(head):
+    """While inside, the output layer passes its input through: the model returns hidden states."""
+    head.forward = lambda hidden: hidden
+    try:
+        yield
+    finally:
+        del head.forward
 
 
 def sequence_logprobs(model, batch: dict, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:

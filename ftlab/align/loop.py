@@ -1,11 +1,10 @@
-"""Preference training (DPO, IPO, ORPO) on ``ftlab.training``'s parts: the same optimizer, schedule,
-checkpoints and resume, progress bar, run logging and callbacks as ``ftlab.train`` - only the step differs.
-
-:func:`run_steps` is the shared loop (GRPO uses it too, with its own step, see ``ftlab.align.grpo``):
-set-up (LoRA via ``prepare_model``, ``build_optimizer``, ``build_scheduler``), resume from a checkpoint,
-then ``max_steps`` optimizer steps of ``step_fn`` + clipping + update, logging every step and
-checkpointing every ``save_every``. A step's data is a pure function of the step number and the seed
-(a seeded permutation per epoch), so resuming needs nothing but the step.
+"""Preference training (DPO, IPO, ORPO), and the driver GRPO shares, on ``ftlab.train``'s own code:
+the same set-up (``training/run.py``: device, method, optimizer, schedule), the same loop
+(``training.loop.run_loop``: logging, progress bar, callbacks, checkpoints, resume, Ctrl-C, the end)
+and the same second half of every step (``training.loop.update_step``: clipping, update, schedule).
+Only the loss differs: :func:`run_steps` takes a step function that runs the loss's forward and
+backward and returns its numbers. A step's data is a pure function of the step number and the seed
+(a seeded permutation per epoch, :func:`step_indices`), so resuming needs nothing but the step.
 
 **Where the reference comes from.** With LoRA, the reference is the model with adapters off
 (``ftlab.align.logprobs``). So a preference run must *start* from the model you want as the
@@ -16,28 +15,37 @@ and align the merged model with a fresh adapter.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from ftlab.align.logprobs import precompute_reference, reference_logprobs, token_logprobs
 from ftlab.align.losses import dpo_loss, orpo_loss
 from ftlab.align.preferences import collate_preferences, load_preferences, split_pairs, tokenize_preferences
-from ftlab.training import (TrainConfig, TrainResult, build_optimizer, build_scheduler, count_parameters,
-                            is_peft_model, next_token_targets, prepare_model, progress_bar, format_postfix,
-                            RunLogger, save_adapter)
-from ftlab.training import checkpoint as ckpt
-from ftlab.training.measure import peak_memory_mb
+from ftlab.training.config import RunConfig, TrainResult
+from ftlab.training.loop import run_loop, update_step
+from ftlab.training.loss import next_token_targets
+from ftlab.training.run import announce, resume, setup_model, setup_run
 
 LOSSES = ("dpo", "ipo", "orpo", "grpo")
 
+# The settings only some losses read: setting one for another loss is an error that names it.
+READ_BY = {
+    "beta": ("dpo", "ipo", "orpo"),  # GRPO's pull to the reference is kl_beta
+    "label_smoothing": ("dpo",),
+    "orpo_nll_on": ("orpo",),
+    "max_length": ("dpo", "ipo", "orpo"),  # GRPO's sequences: the prompt + at most max_new_tokens
+    **{name: ("grpo",) for name in ("num_generations", "temperature", "max_new_tokens", "epsilon", "kl_beta",
+                                    "kl_ratio_correction", "grpo_loss_type")},
+}
+
 
 @dataclass
-class AlignConfig(TrainConfig):
-    """``TrainConfig`` (method, LoRA, lr, schedule, steps, checkpoints, logging) plus the alignment settings."""
+class AlignConfig(RunConfig):
+    """:class:`~ftlab.training.config.RunConfig` (method, LoRA, optimizer, schedule, steps, precision,
+    checkpoints, logging: what the shared set-up and loop read) plus the alignment losses' settings.
+    ``ftlab.train``'s data and evaluation settings are not here: alignment does not read them."""
 
     output_dir: str = "runs/align"
     loss: str = "dpo"  # dpo | ipo | orpo | grpo
@@ -54,16 +62,24 @@ class AlignConfig(TrainConfig):
 
     def _check(self):
         super()._check()
+        bad = self._bad
         if self.loss not in LOSSES:
-            raise ValueError(f"AlignConfig: loss={self.loss!r} is not one of {', '.join(LOSSES)}.")
+            bad(f"loss={self.loss!r} is not one of {', '.join(LOSSES)}.")
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name, losses in READ_BY.items():
+            if self.loss not in losses and getattr(self, name) != defaults[name]:
+                bad(f"{name}={getattr(self, name)!r} is not read by loss={self.loss!r} (only by "
+                    f"{', '.join(losses)}). Fix: leave {name} at its default ({defaults[name]!r}).")
         if self.beta <= 0:
-            raise ValueError(f"AlignConfig: beta must be > 0, got {self.beta}.")
+            bad(f"beta must be > 0, got {self.beta}.")
         if not 0 <= self.label_smoothing < 0.5:
-            raise ValueError(f"AlignConfig: label_smoothing must be in [0, 0.5), got {self.label_smoothing}.")
+            bad(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}.")
         if self.orpo_nll_on not in ("completion", "sequence"):
-            raise ValueError(f"AlignConfig: orpo_nll_on={self.orpo_nll_on!r}; use 'completion' or 'sequence'.")
+            bad(f"orpo_nll_on={self.orpo_nll_on!r}; use 'completion' or 'sequence'.")
+        if self.grpo_loss_type not in ("grpo", "bnpo"):
+            bad(f"grpo_loss_type={self.grpo_loss_type!r}; use 'grpo' or 'bnpo'.")
         if self.loss == "grpo" and self.num_generations < 2:
-            raise ValueError("AlignConfig: GRPO needs num_generations >= 2 (the group is the baseline).")
+            bad("GRPO needs num_generations >= 2 (the group is the baseline).")
 
 
 # --------------------------------------------------------------------------- one preference step
@@ -112,86 +128,35 @@ def step_indices(n_items: int, batch_size: int, step: int, seed: int) -> list[in
     return order[slot * batch_size:(slot + 1) * batch_size]
 
 
-# --------------------------------------------------------------------------- the shared loop
-
-
-def _set_up(model, tokenizer, config):
-    from accelerate.utils import set_seed
-
-    set_seed(config.seed)
-    if not is_peft_model(model):
-        model = prepare_model(model, method=config.method, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
-                              lora_dropout=config.lora_dropout, target_modules=config.target_modules,
-                              tokenizer=tokenizer)
-    optimizer = build_optimizer(model, config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
-                                betas=config.betas, momentum=config.momentum)
-    scheduler = build_scheduler(optimizer, config.scheduler, config.warmup_steps, config.max_steps, config.min_lr_ratio)
-    return model, optimizer, scheduler
+# --------------------------------------------------------------------------- the driver (ftlab.train's code)
 
 
 def run_steps(model, tokenizer, config: AlignConfig, step_fn, callbacks=(), set_up=None) -> TrainResult:
-    """``config.max_steps`` optimizer steps of ``step_fn(model, step) -> record`` (it runs backward).
+    """``config.max_steps`` optimizer steps of ``step_fn(model, step) -> record`` on ``ftlab.train``'s set-up,
+    loop, update, checkpoints and end. ``step_fn`` runs the loss's forward and backward; its record holds
+    ``loss`` (a float), ``tokens`` (processed, for tokens/s) and the loss's metrics.
 
     ``set_up(model)`` runs after the adapters exist and before resuming (DPO caches its reference there).
+    ``callbacks``: as for ``ftlab.train`` (plain functions get each step's record; True stops the run).
     """
     t_start = time.time()
-    out_dir = Path(config.output_dir)
-    config.save(out_dir)
-    model, optimizer, scheduler = _set_up(model, tokenizer, config)
+    run = setup_run(model, tokenizer, config)
+    if run.world > 1:
+        raise NotImplementedError(f"{config.loss} under `accelerate launch` with {run.world} processes: ftlab's "
+                                  "alignment steps run in one process. Fix: run it without accelerate launch.")
+    run = setup_model(run, tokenizer)
     if set_up is not None:
-        set_up(model)
-    step, history = 0, []
-    if config.resume_from:
-        path = ckpt.resolve_checkpoint(config.resume_from, out_dir)
-        state = ckpt.load_checkpoint(path, model, optimizer, scheduler)
-        step, history = state["step"], state["history"]
-        print(f"[ftlab] resumed from {path} at step {step}")
-    trainable, total = count_parameters(model)
-    if config.progress:
-        print(f"[ftlab] {config.loss} with {config.method}: training {trainable:,} of {total:,} parameters, "
-              f"{config.max_steps} steps")
-    logger = RunLogger(out_dir, config.log_to, append=bool(config.resume_from))
-    bar = progress_bar(config.max_steps, initial=step, enabled=config.progress, desc=config.loss)
-    model.train()
-    device = next(model.parameters()).device
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    last_ckpt, t_loop = None, time.time()
-    while step < config.max_steps:
+        set_up(run.model)
+    state = resume(run)
+    announce(run, f"loss {config.loss}")
+
+    def step(state):
         t0 = time.time()
-        record = step_fn(model, step)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or float("inf")))
-        if not (math.isfinite(record["loss"]) and math.isfinite(grad_norm)):
-            raise FloatingPointError(f"step {step + 1}: loss {record['loss']}, gradient norm {grad_norm}: training "
-                                     f"diverged. Fix: lower lr (now {config.lr:g}) or raise beta (now {config.beta:g}).")
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        elapsed = time.time() - t0
-        record.update({"step": step, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": record.get("tokens", 0) / elapsed,
-                       "peak_memory_mb": peak_memory_mb(device), "elapsed_s": time.time() - t_loop})
-        history.append(record)
-        logger.log(record)
-        bar.update(1)
-        bar.set_postfix(format_postfix(record))
-        stop = any(bool(cb(record)) for cb in callbacks)
-        if config.save_every and step % config.save_every == 0:
-            last_ckpt = ckpt.save_checkpoint(out_dir, step, model, optimizer, scheduler, {"history": history},
-                                             keep_last=config.keep_last)
-        if stop:
-            break
-    bar.close()
-    logger.close()
-    final_path = None
-    if config.save_final:
-        final_path = save_adapter(model, out_dir / "final") if is_peft_model(model) else None
-    model.eval()
-    return TrainResult(history=history, model=model, tokenizer=tokenizer, config=config, output_dir=out_dir,
-                       final_path=final_path, merged_path=None, best_checkpoint=None, best_val_loss=None,
-                       last_checkpoint=last_ckpt, stopped_because="max_steps" if step >= config.max_steps else "callback",
-                       wall_time_s=time.time() - t_start)
+        record = step_fn(run.model, state.step)
+        loss = record.pop("loss")
+        return update_step(run, state, loss, record.get("tokens", 0), t0, callbacks, record)
+
+    return run_loop(run, state, tokenizer, step, callbacks, t_start)
 
 
 # --------------------------------------------------------------------------- preference training
@@ -205,7 +170,8 @@ def train_preferences(model, tokenizer, data, config: AlignConfig | None = None,
     examples from ``tokenize_preferences``. The reference log-probabilities are computed once, before
     the first step, and stored in the examples; pass the same examples to a second run *from the same
     starting model* and it reuses them (a cache from another starting model would be the wrong reference).
-    ``callbacks``: functions called with each step's record; one returning True stops the run.
+    ``callbacks``: as for ``ftlab.train``: functions called with each step's record (one returning
+    True stops the run), or objects with ``on_step`` / ``on_gradients`` / ``on_end`` methods.
 
     Example:
         >>> result = train_preferences(model, tok, "data/preferences.jsonl", AlignConfig(loss="dpo", max_steps=20))  # doctest: +SKIP

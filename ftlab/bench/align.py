@@ -12,6 +12,11 @@ Both sides compute the reference once, before the timed steps: ftlab caches it p
 (``precompute_reference``), TRL with ``precompute_ref_log_probs=True``. Without that, TRL runs the
 reference forward in every step (its default); ``--trl-ref-every-step`` measures that too.
 
+Both sides recompute activations in the backward (gradient checkpointing) or neither does
+(``--gradient-checkpointing off``). TRL's configs turn it on by default and ftlab's off; before
+this was set on both sides, TRL ran with it and ftlab without, which is why ftlab's peak looked
+1.04-1.15x TRL's: the activations TRL recomputes, ftlab kept.
+
 ``run_trl_sft`` is used by ``python -m ftlab.bench.train --parts trl``: TRL's SFTTrainer with a
 completion-only loss on the same tokenised examples.
 
@@ -64,7 +69,7 @@ def side_ftlab(args) -> dict:
     with tempfile.TemporaryDirectory() as out:
         cfg = AlignConfig(output_dir=out, loss="dpo", beta=0.1, lr=args.lr, scheduler="constant", max_grad_norm=1.0,
                           max_steps=args.warmup + args.steps, batch_size=args.pairs, max_length=256, progress=False,
-                          log_to=(), save_final=False)
+                          log_to=(), save_final=False, gradient_checkpointing=args.gradient_checkpointing == "on")
         result = train_preferences(model, tok, records, cfg, callbacks=[lambda r: ends.append(time.perf_counter())])
     tokens = result.history[-1]["tokens"]  # the same batch every step
     seconds = ends[-1] - ends[args.warmup - 1]
@@ -98,7 +103,8 @@ def side_trl(args) -> dict:
                           max_grad_norm=1.0, max_steps=args.warmup + args.steps, per_device_train_batch_size=args.pairs,
                           max_length=256, bf16=False, use_cpu=args.device.type == "cpu", report_to=[],
                           logging_steps=1, save_strategy="no", disable_tqdm=True, weight_decay=0.0, seed=0,
-                          precompute_ref_log_probs=not args.trl_ref_every_step, dataloader_num_workers=0)
+                          precompute_ref_log_probs=not args.trl_ref_every_step, dataloader_num_workers=0,
+                          gradient_checkpointing=args.gradient_checkpointing == "on")
         trainer = DPOTrainer(model=model, args=targs, train_dataset=data, processing_class=tok, callbacks=[Timer()])
         trainer.remove_callback(PrinterCallback)
         trainer.train()
@@ -156,6 +162,8 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--device", default=None)
     p.add_argument("--trl-ref-every-step", action="store_true", help="TRL: reference forward in every step (its default)")
+    p.add_argument("--gradient-checkpointing", choices=("on", "off"), default="on",
+                   help="recompute activations in the backward, on both sides (default %(default)s, TRL's default)")
     p.add_argument("--side", choices=("ftlab", "trl"), default=None, help=argparse.SUPPRESS)  # internal: one side
     return p.parse_args(argv)
 
@@ -181,7 +189,8 @@ def main(argv=None) -> dict:
     t0 = time.time()
     print(f"ftlab.bench.align  model={args.model}  device={args.device}  DPO beta 0.1, LoRA r16, {args.pairs} pairs "
           f"per step, {args.warmup}+{args.steps} steps (timed after the first {args.warmup}); reference "
-          f"{'every step in TRL' if args.trl_ref_every_step else 'precomputed on both sides'}")
+          f"{'every step in TRL' if args.trl_ref_every_step else 'precomputed on both sides'}; gradient checkpointing "
+          f"{args.gradient_checkpointing} on both sides")
     ours, theirs = _run_side("ftlab", argv), _run_side("trl", argv)
     for name, r in (("ftlab", ours), ("TRL", theirs)):
         print(f"    {name:<6} {r['tok_s']:8.1f} tokens/s  ({r['s_per_step']:.2f} s/step, {r['tokens_per_step']} tokens "

@@ -1,7 +1,9 @@
 """What a training run is asked to do (:class:`TrainConfig`) and what it gives back (:class:`TrainResult`).
 
 The loop itself lives in ``ftlab/training/loop.py``; keeping the ~50 settings here lets that file read
-as one story from set-up to saving. Every field is documented where it is declared, and a config
+as one story from set-up to saving. :class:`RunConfig` holds the settings every run reads (the
+set-up, step, checkpoints and logs that ``ftlab.train`` and alignment share); :class:`TrainConfig`
+adds supervised fine-tuning's data and evaluation settings, ``ftlab.align.AlignConfig`` the losses'. Every field is documented where it is declared, and a config
 is saved next to each run as ``config.yaml`` and ``config.json``, so a run can always be repeated:
 ``TrainConfig.from_yaml("runs/x/config.yaml")``.
 
@@ -27,17 +29,12 @@ from ftlab.training.tracking import LOG_TARGETS
 
 
 @dataclass
-class TrainConfig:
-    """Every setting of a run. Saved next to the run as ``config.yaml`` and ``config.json``.
-
-    Example:
-        >>> cfg = TrainConfig(method="full", lr=5e-5, max_steps=60)
-        >>> cfg.effective_batch_size
-        8
-        >>> TrainConfig(method="full", use_dora=True)
-        Traceback (most recent call last):
-        ...
-        ValueError: TrainConfig: use_dora=True only applies to LoRA (method 'lora' or 'qlora'), not method='full'. Fix: set method='lora' or use_dora=False.
+class RunConfig:
+    """The settings every run reads: the method, optimizer and schedule, steps and batch size,
+    precision, checkpoints, logging. ``ftlab.train`` adds its data and evaluation settings
+    (:class:`TrainConfig`), alignment its loss settings (``ftlab.align.AlignConfig``); the set-up,
+    step, checkpoint and logging code they share (``training/run.py``, ``training/loop.py``) reads
+    only these fields.
     """
 
     # --- where the run goes
@@ -66,22 +63,14 @@ class TrainConfig:
     batch_size: int = 8  # examples per micro-batch on each process
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     max_length: int = 512  # longer examples are truncated (and counted); the row length for packing
-    batching: str = "pad"  # pad | group (length-grouped) | pack (see ftlab.data.batching)
-    train_on: str = "assistant"  # assistant | last | all: which tokens are trained
-    shuffle: bool = True  # a new seeded order every epoch (False: the order given)
     # --- speed and memory
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30 % slower
     mixed_precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | no | bf16
     allow_bf16_on_cpu: bool = False  # bf16 on CPU is ~30x slower on most CPUs; opt in explicitly
-    compile: bool = False  # torch.compile the model (slow first step, faster after; GPU)
     trained_logits_only: bool = True  # output layer only at trained positions: same loss, less time/memory
-    # --- evaluation, checkpoints, early stopping
-    eval_every: int = 0  # validate every N steps (0: only at the start and the end)
-    eval_batches: int | None = None  # validate on at most N batches (None: all of eval_data)
-    early_stopping_patience: int | None = None  # stop after N evaluations without a better val loss
+    # --- checkpoints and the result
     save_every: int = 0  # checkpoint every N steps (0: only best/interrupt checkpoints)
     keep_last: int = 2  # keep the newest K checkpoints (the best one is always kept)
-    load_best_at_end: bool = False  # put the best checkpoint's weights back before the final save
     resume_from: str | None = None  # "latest", a run folder or a checkpoint folder
     save_final: bool = True  # save the adapter / model to <output_dir>/final
     merge_lora: bool = False  # also merge adapters into the base and save <output_dir>/merged
@@ -89,10 +78,6 @@ class TrainConfig:
     seed: int = 0  # seeds model set-up (LoRA init), dropout and data order
     log_to: tuple = ("jsonl", "csv", "tensorboard")  # where the per-step history goes
     progress: bool = True  # show a progress bar
-    # --- only for `ftlab train --config run.yaml` (train() takes model and data as arguments)
-    model: str | None = None  # a name for ftlab.load_model, e.g. smollm2-135m-instruct
-    train_file: str | None = None  # training data file (any format ftlab.data.load_records reads)
-    eval_file: str | None = None  # validation data file
 
     def __post_init__(self):
         self.betas, self.log_to = tuple(self.betas), tuple(self.log_to)
@@ -100,12 +85,12 @@ class TrainConfig:
             self.target_modules = list(self.target_modules)
         self._check()
 
-    def _check(self):
-        def bad(msg):
-            raise ValueError(f"TrainConfig: {msg}")
+    def _bad(self, msg):
+        raise ValueError(f"{type(self).__name__}: {msg}")
 
+    def _check(self):
+        bad = self._bad
         for name, options in [("method", METHODS), ("optimizer", OPTIMIZERS), ("scheduler", SCHEDULES),
-                              ("batching", STRATEGIES), ("train_on", ("assistant", "last", "all")),
                               ("mixed_precision", ("auto", "no", "bf16"))]:
             if getattr(self, name) not in options:
                 bad(f"{name}={getattr(self, name)!r} is not one of {', '.join(options)}.")
@@ -127,10 +112,6 @@ class TrainConfig:
             bad(f"min_lr_ratio only applies to scheduler='cosine', not {self.scheduler!r}.")
         if self.warmup_steps >= self.max_steps:
             bad(f"warmup_steps={self.warmup_steps} >= max_steps={self.max_steps}: the lr would never reach its peak.")
-        if self.early_stopping_patience is not None and self.eval_every < 1:
-            bad("early_stopping_patience needs eval_every >= 1 (validation during training).")
-        if self.load_best_at_end and self.eval_every < 1:
-            bad("load_best_at_end needs eval_every >= 1 (otherwise there is no best checkpoint).")
         if set(self.log_to) - set(LOG_TARGETS):
             bad(f"log_to={list(self.log_to)}: unknown target(s); choose from {', '.join(LOG_TARGETS)}.")
 
@@ -153,7 +134,7 @@ class TrainConfig:
         (folder / "config.json").write_text(json.dumps(self.to_dict(), indent=2))
 
     @classmethod
-    def from_yaml(cls, path, **overrides) -> "TrainConfig":
+    def from_yaml(cls, path, **overrides) -> "RunConfig":
         """Read a YAML (or JSON) file; unknown keys are an error that names the file and the closest field."""
         import difflib
 
@@ -161,17 +142,58 @@ class TrainConfig:
 
         values = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a mapping of TrainConfig fields at the top level.")
+            raise ValueError(f"{path}: expected a mapping of {cls.__name__} fields at the top level.")
         known = [f.name for f in dataclasses.fields(cls)]
         for key in values:
             if key not in known:
                 close = difflib.get_close_matches(key, known, n=1)
                 hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise ValueError(f"{path}: unknown TrainConfig field {key!r}.{hint}")
+                raise ValueError(f"{path}: unknown {cls.__name__} field {key!r}.{hint}")
         try:
             return cls(**{**values, **overrides})
         except (ValueError, TypeError) as e:
             raise ValueError(f"{path}: {e}") from None
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    """Every setting of an ``ftlab.train`` run: :class:`RunConfig`'s plus the data and evaluation
+    settings of supervised fine-tuning. Saved next to the run as ``config.yaml`` and ``config.json``.
+
+    Example:
+        >>> cfg = TrainConfig(method="full", lr=5e-5, max_steps=60)
+        >>> cfg.effective_batch_size
+        8
+        >>> TrainConfig(method="full", use_dora=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: TrainConfig: use_dora=True only applies to LoRA (method 'lora' or 'qlora'), not method='full'. Fix: set method='lora' or use_dora=False.
+    """
+
+    # --- how the examples become batches
+    batching: str = "pad"  # pad | group (length-grouped) | pack (see ftlab.data.batching)
+    train_on: str = "assistant"  # assistant | last | all: which tokens are trained
+    shuffle: bool = True  # a new seeded order every epoch (False: the order given)
+    compile: bool = False  # torch.compile the model (slow first step, faster after; GPU)
+    # --- evaluation and early stopping
+    eval_every: int = 0  # validate every N steps (0: only at the start and the end)
+    eval_batches: int | None = None  # validate on at most N batches (None: all of eval_data)
+    early_stopping_patience: int | None = None  # stop after N evaluations without a better val loss
+    load_best_at_end: bool = False  # put the best checkpoint's weights back before the final save
+    # --- only for `ftlab train --config run.yaml` (train() takes model and data as arguments)
+    model: str | None = None  # a name for ftlab.load_model, e.g. smollm2-135m-instruct
+    train_file: str | None = None  # training data file (any format ftlab.data.load_records reads)
+    eval_file: str | None = None  # validation data file
+
+    def _check(self):
+        super()._check()
+        for name, options in [("batching", STRATEGIES), ("train_on", ("assistant", "last", "all"))]:
+            if getattr(self, name) not in options:
+                self._bad(f"{name}={getattr(self, name)!r} is not one of {', '.join(options)}.")
+        if self.early_stopping_patience is not None and self.eval_every < 1:
+            self._bad("early_stopping_patience needs eval_every >= 1 (validation during training).")
+        if self.load_best_at_end and self.eval_every < 1:
+            self._bad("load_best_at_end needs eval_every >= 1 (otherwise there is no best checkpoint).")
 
 
 @dataclass
@@ -183,7 +205,7 @@ class TrainResult:
     history: list
     model: torch.nn.Module
     tokenizer: object
-    config: TrainConfig
+    config: RunConfig  # a TrainConfig, or an AlignConfig for alignment runs
     output_dir: Path
     final_path: Path | None = None  # the adapter (LoRA/QLoRA) or the whole model (full/freeze)
     merged_path: Path | None = None  # LoRA merged into the base: a plain Hugging Face folder

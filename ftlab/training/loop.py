@@ -12,6 +12,10 @@ here (the per-step parts) or in ``training/run.py`` (set-up, resume and checkpoi
 4. evaluation, early stopping and checkpoints every N steps;
 5. saving the result: the adapter or the model, and optionally LoRA merged into the base.
 
+Parts 3-5 are :func:`run_loop`, and the second half of every step (clip, update, schedule) is
+:func:`update_step`: alignment (``ftlab.align``: DPO, IPO, ORPO, GRPO) runs on the same set-up,
+``run_loop`` and ``update_step``, with its own loss in place of :func:`train_step`'s.
+
 Its settings (:class:`TrainConfig`) and its return value (:class:`TrainResult`) are declared in
 ``ftlab/training/config.py`` and importable from here. The pieces it calls live in the modules of
 their topics: the loss in ``training/loss.py``, batches in ``data/batching.py``, checkpoints and
@@ -91,12 +95,34 @@ def train(model, tokenizer, train_data, eval_data=None, config: TrainConfig | No
     from ftlab.budget import check_training  # a workshop's per-participant budget: refuse before any step
     check_training(model, config, train_examples)
     run = setup_model(run, tokenizer)
+    if config.compile:
+        run.model = torch.compile(run.model)
     # ---- 2. resume
     stream = BatchStream(train_examples, config.batch_size, config.batching, config.max_length, config.seed,
                          config.shuffle, run.pad_id)
     state = resume(run, stream)
-    announce(run, len(train_examples))
-    # ---- 3. the loop, with 4. evaluation, early stopping and checkpoints after each step
+    announce(run, f"{len(train_examples)} examples")
+
+    def step(state: RunState) -> dict:
+        # This step's micro-batches: grad_accum_steps per process, dealt out round-robin.
+        micro = stream.take(config.grad_accum_steps * run.world)[run.rank::run.world]
+        record = train_step(run, state, micro, callbacks)
+        state.data_position = stream.position
+        return record
+
+    # ---- 3. the loop, with 4. evaluation, early stopping and checkpoints; 5. the result
+    return run_loop(run, state, tokenizer, step, callbacks, t_start, eval_batches)
+
+
+def run_loop(run: Run, state: RunState, tokenizer, step, callbacks=(), t_start: float | None = None,
+             eval_batches=()) -> TrainResult:
+    """Steps until ``max_steps`` (or a stop), each logged and checkpointed; then :func:`finish`.
+
+    ``step(state) -> record`` runs one optimizer step and advances ``state.step``: :func:`train_step`
+    for ``ftlab.train``, a preference or GRPO step for alignment (``ftlab.align``) - the only part
+    that differs between them. The first Ctrl-C stops after the current step and saves a checkpoint.
+    """
+    config, t_start = run.config, time.time() if t_start is None else t_start
     logger = RunLogger(run.out_dir, config.log_to, append=bool(config.resume_from)) if run.main else None
     bar = progress_bar(config.max_steps, initial=state.step, enabled=config.progress and run.main)
     run.model.train()
@@ -107,10 +133,7 @@ def train(model, tokenizer, train_data, eval_data=None, config: TrainConfig | No
     with ckpt.StopOnInterrupt() as interrupt:
         try:
             while state.step < config.max_steps:
-                # This step's micro-batches: grad_accum_steps per process, dealt out round-robin.
-                micro = stream.take(config.grad_accum_steps * run.world)[run.rank::run.world]
-                record = train_step(run, state, micro, callbacks)
-                state.data_position = stream.position
+                record = step(state)
                 record["elapsed_s"] = time.time() - t_loop
                 new_best = evaluate_and_track(run, state, record, eval_batches)
                 if _log(state, record, logger, callbacks, bar):
@@ -149,7 +172,7 @@ def train_step(run: Run, state: RunState, micro: list[dict], callbacks=()) -> di
     The loss's denominator is the number of trained tokens of the *whole* step, summed over every
     micro-batch and every process, so how the step is split changes nothing (see the module docstring).
     """
-    config, accelerator, world = run.config, run.accelerator, run.world
+    accelerator, world = run.accelerator, run.world
     t0 = time.time()  # (after take(): a new epoch's batches are built there, once per epoch)
     micro = [{k: v.to(accelerator.device) for k, v in b.items()} for b in micro]
     counts = torch.tensor([sum(count_trained_tokens(b["labels"]) for b in micro),
@@ -169,9 +192,19 @@ def train_step(run: Run, state: RunState, micro: list[dict], callbacks=()) -> di
         loss_sum += part.detach()
     if world > 1:
         loss_sum = accelerator.reduce(loss_sum, reduction="sum")
-    loss = loss_sum.item() / n_trained
+    state.trained_tokens += n_trained
+    return update_step(run, state, loss_sum.item() / n_trained, n_tokens, t0, callbacks,
+                       {"step_tokens": n_trained, "trained_tokens": state.trained_tokens})
+
+
+def update_step(run: Run, state: RunState, loss: float, n_tokens: int, t0: float, callbacks=(),
+                extra: dict | None = None) -> dict:
+    """The half of an optimizer step every loss shares, after its backward: clip, stop on NaN/inf,
+    update, advance the schedule. Returns the step's record (``extra`` holds the loss's own numbers).
+    ``t0``: when the step began; ``n_tokens``: the tokens it processed (for tokens/s)."""
+    config = run.config
     # Clip; the returned norm is the one *before* clipping (what we log).
-    grad_norm = float(accelerator.clip_grad_norm_(run.model.parameters(), config.max_grad_norm or float("inf")))
+    grad_norm = float(run.accelerator.clip_grad_norm_(run.model.parameters(), config.max_grad_norm or float("inf")))
     if not math.isfinite(loss):
         raise _diverged(state.step + 1, "loss", loss, config)
     if not math.isfinite(grad_norm):
@@ -182,10 +215,9 @@ def train_step(run: Run, state: RunState, micro: list[dict], callbacks=()) -> di
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     state.step += 1
-    state.trained_tokens += n_trained
     return {"step": state.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-            "tokens_per_s": n_tokens / (time.time() - t0), "step_tokens": n_trained,
-            "trained_tokens": state.trained_tokens, "peak_memory_mb": peak_memory_mb(accelerator.device)}
+            "tokens_per_s": n_tokens / (time.time() - t0), **(extra or {}),
+            "peak_memory_mb": peak_memory_mb(run.accelerator.device)}
 
 
 # --------------------------------------------------------------------------- 4. evaluation and early stopping

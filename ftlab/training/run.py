@@ -18,7 +18,7 @@ import torch
 from ftlab.data.batching import BatchStream, make_batches, prepare_examples
 from ftlab.training import checkpoint as ckpt
 from ftlab.training.adapters import merge_and_save, save_adapter
-from ftlab.training.config import TrainConfig, TrainResult
+from ftlab.training.config import RunConfig, TrainResult
 from ftlab.training.loss import accepts_logits_mask
 from ftlab.training.methods import prepare_model
 from ftlab.training.optim import build_optimizer, build_scheduler
@@ -32,7 +32,7 @@ from ftlab.training.parameters import count_parameters, is_peft_model, is_quanti
 class Run:
     """What the set-up builds once and every later part uses (a plain bundle, not a framework)."""
 
-    config: TrainConfig
+    config: RunConfig  # a TrainConfig (ftlab.train) or an AlignConfig (alignment)
     accelerator: object
     out_dir: Path
     pad_id: int
@@ -56,7 +56,7 @@ class Run:
         return self.accelerator.is_main_process
 
 
-def setup_run(model, tokenizer, config: TrainConfig) -> Run:
+def setup_run(model, tokenizer, config: RunConfig) -> Run:
     """Device and processes (Accelerate), the run folder with its config, the seed."""
     from accelerate.utils import set_seed
 
@@ -112,19 +112,17 @@ def setup_model(run: Run, tokenizer) -> Run:
     # prepare() moves the model to this process's device and wraps it for DDP/FSDP under
     # `accelerate launch`. The scheduler is left out on purpose: Accelerate would step it once per process.
     run.model, run.optimizer = run.accelerator.prepare(model, optimizer)
-    if config.compile:
-        run.model = torch.compile(run.model)
     run.fsdp = run.accelerator.distributed_type.name == "FSDP"
     return run
 
 
-def announce(run: Run, n_examples: int):
-    """One line that says what is trained, on what, and how."""
+def announce(run: Run, data: str):
+    """One line that says what is trained, on what (``data``, e.g. "64 examples"), and how."""
     config = run.config
     trainable, total = count_parameters(run.raw_model)
     if run.main:
         print(f"[ftlab] {config.method}: training {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f} %), "
-              f"{n_examples} examples, {config.max_steps} steps x {config.effective_batch_size * run.world} "
+              f"{data}, {config.max_steps} steps x {config.effective_batch_size * run.world} "
               f"examples, on {run.accelerator.device} x {run.world}, mixed precision: {run.accelerator.mixed_precision}")
 
 
@@ -146,8 +144,11 @@ class RunState:
     stopped: str = "max_steps"  # why the loop ended: max_steps, early_stopping, callback, interrupted
 
 
-def resume(run: Run, stream: BatchStream) -> RunState:
-    """A fresh :class:`RunState`, or the one saved in ``config.resume_from`` with everything restored."""
+def resume(run: Run, stream: BatchStream | None = None) -> RunState:
+    """A fresh :class:`RunState`, or the one saved in ``config.resume_from`` with everything restored.
+
+    ``stream``: the batch stream to put back at its saved position (``None`` when a step's data is a
+    function of the step number alone, as in alignment)."""
     config, state = run.config, RunState()
     if config.resume_from and run.fsdp:
         raise NotImplementedError("resume_from under FSDP: ftlab's checkpoints hold full (gathered) weights but not "
@@ -159,10 +160,11 @@ def resume(run: Run, stream: BatchStream) -> RunState:
                          best_val=saved["best_val_loss"], trained_tokens=saved["trained_tokens"],
                          best_path=Path(saved["best_checkpoint"]) if saved["best_checkpoint"] else None,
                          last_ckpt=path)
-        stream.seek(saved["data_position"])
+        if stream is not None:
+            stream.seek(saved["data_position"])
         if run.main:
             print(f"[ftlab] resumed from {path} at step {state.step}")
-    state.data_position = stream.position
+    state.data_position = stream.position if stream is not None else None
     return state
 
 
@@ -186,7 +188,7 @@ def save_state(run: Run, state: RunState) -> Path:
     return ckpt.checkpoint_dir(run.out_dir) / f"{ckpt.PREFIX}{state.step:06d}"
 
 
-def _make_accelerator(config: TrainConfig, device: torch.device):
+def _make_accelerator(config: RunConfig, device: torch.device):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState, PartialState
 
@@ -195,10 +197,10 @@ def _make_accelerator(config: TrainConfig, device: torch.device):
     if precision == "auto":
         precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
     if precision == "bf16" and device.type == "cpu" and not config.allow_bf16_on_cpu:
-        raise ValueError("TrainConfig: mixed_precision='bf16' on a CPU is usually ~30x slower than fp32. "
+        raise ValueError(f"{type(config).__name__}: mixed_precision='bf16' on a CPU is usually ~30x slower than fp32. "
                          "Fix: use mixed_precision='auto' (fp32 on CPU), or set allow_bf16_on_cpu=True to insist.")
     if config.optimizer == "adamw_8bit" and not cuda:
-        raise ValueError("TrainConfig: optimizer='adamw_8bit' needs a CUDA GPU (bitsandbytes has no CPU "
+        raise ValueError(f"{type(config).__name__}: optimizer='adamw_8bit' needs a CUDA GPU (bitsandbytes has no CPU "
                          "kernels for it). Fix: optimizer='adamw' on this machine.")
     if not PartialState(cpu=device.type == "cpu").use_distributed:  # (first call sets up the processes)
         # In a notebook, train() may run many times with different settings; Accelerate keeps
@@ -220,7 +222,8 @@ def finish(run: Run, state: RunState, tokenizer, t_start: float) -> TrainResult:
     if state.stopped == "interrupted" and main:
         print(f"[ftlab] stopped at step {step}; checkpoint: {state.last_ckpt}. "
               f"Continue with resume_from='latest' (same output_dir).")
-    if config.load_best_at_end and state.best_path is not None and step > 0 and not run.fsdp:
+    # (only ftlab.train validates, so only its runs have a best checkpoint and load_best_at_end)
+    if state.best_path is not None and config.load_best_at_end and step > 0 and not run.fsdp:
         ckpt.load_checkpoint(state.best_path, run.raw_model, restore_rng=False)
     final_path = merged_path = None
     if config.save_final and state.stopped != "interrupted":
