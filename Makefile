@@ -36,13 +36,23 @@ lab: setup model
 	# JupyterLab refuses to run as root unless told; containers and workshop boxes often are root.
 	$(VENV)/bin/jupyter lab notebooks/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
-# The whole suite: unit/parity tests, the browser test, and every notebook under nbval
-# with the tiny model (FTLAB_PROFILE=ci), both ways:
-# - FTLAB_SOLUTIONS=1 makes every exercise cell check its worked solution, so the checkers are exercised;
-# - without it, no exercise is answered: the learner who presses Run All must still reach the end.
+# The whole suite: unit/parity tests, the browser test, and every notebook under nbval, twice:
+# - FTLAB_PROFILE=ci FTLAB_SOLUTIONS=1: the tiny model, every exercise cell checks its worked solution;
+# - no exercise answered (the learner who presses Run All must still reach the end) under the gpu
+#   profile with its model swapped for a bf16 stand-in of its shape and its runs shortened
+#   (FTLAB_PROFILE_OVERRIDES=gpu-on-cpu, ftlab/profiles.py): the gpu profile's code paths on a CPU.
+# Two lanes at once, one per core (a pass alone keeps about one core busy): the unit tests, and the
+# two notebook passes one after the other (never the same notebook twice at the same time: they
+# write runs/). The notebook lane's log is printed when both are done; either failing fails the target.
+NBVAL := -m pytest -ra -p no:cacheprovider --nbval-lax --nbval-cell-timeout=600 notebooks
 test: setup model browser
-	FTLAB_PROFILE=ci FTLAB_SOLUTIONS=1 $(PY) -m pytest -ra tests --nbval-lax --nbval-cell-timeout=600 notebooks
-	env -u FTLAB_SOLUTIONS FTLAB_PROFILE=ci $(PY) -m pytest -ra --nbval-lax --nbval-cell-timeout=600 notebooks
+	@log=$$(mktemp); \
+	{ FTLAB_PROFILE=ci FTLAB_SOLUTIONS=1 $(PY) $(NBVAL); first=$$?; \
+	  env -u FTLAB_SOLUTIONS FTLAB_PROFILE=gpu FTLAB_PROFILE_OVERRIDES=gpu-on-cpu $(PY) $(NBVAL); \
+	  second=$$?; exit $$(( first || second )); } >$$log 2>&1 & lane=$$!; \
+	FTLAB_PROFILE=ci FTLAB_SOLUTIONS=1 $(PY) -m pytest -ra tests; unit=$$?; \
+	wait $$lane; notebooks=$$?; echo "---- notebooks (ci with solutions, then gpu-on-cpu without) ----"; \
+	cat $$log; rm -f $$log; exit $$(( unit || notebooks ))
 
 # Unit tests only (no notebooks, no browser): the loop you work in.
 test-fast: setup model

@@ -26,6 +26,15 @@ import torch
 
 SMOLLM2 = "smollm2-135m-instruct"
 TINY = "tiny"
+# A stand-in for the gpu profile's SmolLM2-1.7B on a CPU (CI): random weights, the 1.7B's architecture
+# in miniature (multi-head attention with as many k/v heads as query heads, head size 64 -> 16, MLP 4x
+# the hidden size, tied embeddings, rope theta 130000) and bf16 weights, as ftlab picks on a GPU. It
+# lets `FTLAB_PROFILE=gpu` run every notebook's gpu-profile path in minutes on a CPU
+# (tests/test_gpu_profile.py); numbers mean nothing, only that the code runs.
+TINY_GPU = "tiny-gpu"
+TINY_GPU_CONFIG = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=4, rope_theta=130000.0, max_position_embeddings=8192)
+TINY_GPU_LABEL = "tiny-gpu (random weights shaped like SmolLM2-1.7B, bf16, UNTRAINED - the gpu profile on a CPU)"
 
 # Short names the course uses -> Hugging Face ids. Only SMOLLM2 and TINY work offline;
 # the others are for GPU machines (or a DGX Spark) that can reach the hub, or that ran
@@ -250,7 +259,7 @@ def load_tokenizer(name: str = SMOLLM2):
     """The tokenizer for ``name`` (``tiny`` shares SmolLM2's), with its chat template and pad token."""
     from transformers import AutoTokenizer
 
-    if name in (SMOLLM2, TINY):
+    if name in (SMOLLM2, TINY, TINY_GPU):
         tokenizer = AutoTokenizer.from_pretrained(_ensure_cache())
     else:
         tokenizer = AutoTokenizer.from_pretrained(MODEL_ALIASES.get(name, name))
@@ -303,6 +312,7 @@ def load_model(
 
     Args:
         name: ``"smollm2-135m-instruct"`` (offline, the default), ``"tiny"`` (random weights, for CI),
+            ``"tiny-gpu"`` (random, shaped like the gpu profile's model, bf16: the gpu profile in CI),
             a short alias from ``MODEL_ALIASES``, a Hugging Face model id, or a local folder.
         device: where to put the model; default CUDA > MPS > CPU.
         dtype: default bf16 on a capable CUDA GPU, fp32 elsewhere.
@@ -320,11 +330,16 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     device = pick_device(device)
+    if name == TINY_GPU and dtype is None:
+        dtype = "bf16"  # what the gpu profile's model gets on a GPU
     dtype = pick_dtype(device, dtype)
     tokenizer = load_tokenizer(name)
     if name == TINY:
         model = make_tiny_model(tokenizer, seed=seed).to(dtype)
         label = TINY_LABEL
+    elif name == TINY_GPU:
+        model = make_tiny_model(tokenizer, seed=seed, **TINY_GPU_CONFIG).to(dtype)
+        label = TINY_GPU_LABEL
     else:
         source = str(_ensure_cache()) if name == SMOLLM2 else MODEL_ALIASES.get(name, name)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)

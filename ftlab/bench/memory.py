@@ -125,10 +125,13 @@ def main(argv=None) -> int:
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
     print(f"ftlab memory bench: device={device}, torch {torch.__version__}, {len(configs)} configurations, 2 training steps each")
-    from ftlab.memory.published import FIXTURE, compare_peft_metamathqa, format_comparison
+    from ftlab.memory.published import (FIXTURE, LITGPT_FIXTURE, compare_litgpt_qlora, compare_peft_metamathqa,
+                                        format_comparison, format_litgpt_comparison)
 
     if FIXTURE.exists():  # published GPU measurements (no GPU needed): see ftlab/memory/published.py
         print(format_comparison(compare_peft_metamathqa()) + "\n")
+    if LITGPT_FIXTURE.exists():
+        print(format_litgpt_comparison(compare_litgpt_qlora()) + "\n")
     t0 = time.time()
     rows = run(configs, device)
     errs = [abs(r["error_pct"]) for r in rows]

@@ -69,10 +69,12 @@ def _date_record_counts():
     explanation="Only the answer and its end-of-turn token are trained; system prompt, question and markup are masked.",
 )
 def _trained_tokens():
-    from ftlab.data import tokenize_example
+    import ftlab
 
-    tok = _smollm2_tokenizer()  # SmolLM2's tokenizer, as ftlab.load_tokenizer("tiny") returns it
-    example = tokenize_example(_DATE_RECORD, tok)
+    tok = ftlab.load_tokenizer("tiny")  # SmolLM2's tokenizer and chat template (the tiny model shares them)
+    record = {"messages": [{"role": "user", "content": "Normalise the date: 3 July 2025"},
+                           {"role": "assistant", "content": "2025-07-03"}]}
+    example = ftlab.tokenize_example(record, tok)
     return sum(label != -100 for label in example["labels"])  # "2025-07-03" + <|im_end|>
 
 

@@ -16,6 +16,8 @@ torch 2.13, transformers 5.23, peft 0.21, bitsandbytes 0.50) that decides it:
   packed weight it already owns (plus the input when the weight itself would train). Backward
   de-quantises the weight to the input's dtype for the input gradient: one ``out x in`` 16-bit
   temporary per matmul, alive only in that matmul. :func:`dequant_buffer_bytes`.
+  bitsandbytes before 0.43.2 also kept every 4-bit matmul's *input* for backward (published QLoRA
+  measurements from 2023 include it): :func:`bnb_saved_input_bytes`, 0 for the pinned version.
 * **prepare_model_for_kbit_training** (peft ``utils/other.py``): freezes everything, casts every
   16-bit parameter that is not ``Params4bit`` (embeddings, norms, an untied lm_head) to fp32, makes the
   embedding output require grad (so every layer's input gradient flows), and turns gradient
@@ -71,6 +73,32 @@ def dequant_buffer_bytes(arch, dtype_bytes: int = 2) -> int:
     """The transient de-quantised weight of bitsandbytes' 4-bit backward: the largest Linear, in 16 bits."""
     arch = get_architecture(arch)
     return max(o * i for o, i in arch.linear_shapes().values()) * dtype_bytes
+
+
+# bitsandbytes' MatMul4Bit kept its input ``A`` in ``ctx.tensors`` for backward until PR #1270 (commit
+# 9e75374, "fix QLoRA mem bug: delete useless buffered activation"), released in 0.43.2. The input
+# gradient needs only the weight, so newer versions (ftlab pins 0.50) save nothing but the packed weight.
+BNB_STOPPED_SAVING_INPUTS = (0, 43, 2)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split("+")[0].split(".")[:3] if p.isdigit())
+
+
+def bnb_saved_input_bytes(arch, batch_size: int, seq_len: int, dtype_bytes: int = 2,
+                          bitsandbytes: str = "0.50.2") -> int:
+    """What an old bitsandbytes (< 0.43.2) keeps for backward on top of the estimate: every 4-bit matmul's
+    input, ``B x S`` rows in the compute dtype, alive from forward to backward.
+
+    Matmuls that read the same tensor share one saved copy: q, k and v (or a fused qkv) read the attention
+    norm's output, gate and up the MLP norm's. So per layer: that norm output (``hidden``), the attention
+    output entering o_proj (``hidden``, a fresh reshaped copy), the MLP norm output (``hidden``) and the
+    gated product entering down_proj (``intermediate``). 0 for bitsandbytes >= 0.43.2."""
+    if _version(bitsandbytes) >= BNB_STOPPED_SAVING_INPUTS:
+        return 0
+    arch = get_architecture(arch)
+    per_token = 3 * arch.hidden + arch.intermediate  # the same on a fused qkv: one input, saved once
+    return batch_size * seq_len * arch.layers * per_token * dtype_bytes
 
 
 def kbit_training_extra_bytes(arch) -> int:
