@@ -1,10 +1,15 @@
 """The workshop: `ftlab workshop plan`, and a rehearsal of the JupyterHub recipe (workshop/).
 
-The rehearsal (root only: it creates Unix users) starts the hub on 127.0.0.1 with 3 participants,
-logs each one in through the login form, starts their servers, and runs notebook 00 (ci profile) in
-all three at once through the Jupyter server API (a kernel per user, every code cell sent over the
-kernel's websocket, as JupyterLab does). Then it checks that nobody can reach another's server or
-files, that an anonymous visitor gets the login page, and that stopping the hub leaves nothing behind.
+The rehearsal (root only: it creates Unix users) starts the hub over https on 127.0.0.1 with 3
+participants (a self-signed certificate that the client trusts explicitly), logs each one in through
+the login form, starts their servers, and runs notebook 00 (ci profile) in all three at once through
+the Jupyter server API (a kernel per user, every code cell sent over the kernel's websocket, as
+JupyterLab does). Then it checks that nobody can reach another's server or files, that an anonymous
+visitor gets the login page, that an expired account is refused, that `participants.py remove` takes a
+participant out of a running hub, and that stopping the hub leaves nothing behind. The machinery is
+``ftlab.bench.rehearsal``, which also runs the 12-participant rehearsal (a benchmark, not a test).
+The culling test starts one participant's hub with a 12 s kernel and 30 s server idle timeout.
+The TLS tests check that the hub refuses the network without a certificate and the certificate tool.
 
 What a real workshop does once, the test does in its set-up: the model cache is a shared read-only
 copy (FTLAB_HOME, world-readable), and the course's Python must be reachable by every participant
@@ -302,7 +307,7 @@ def test_workshop_cert_self_signed_and_own(tmp_path, capsys):
 
 # --------------------------------------------------------------------------- idle culling
 
-KERNEL_IDLE_S, SERVER_IDLE_S = 12, 45
+KERNEL_IDLE_S, SERVER_IDLE_S = 12, 30
 
 
 @pytest.fixture
@@ -325,6 +330,7 @@ def test_idle_kernel_and_server_are_culled_and_files_stay(one_participant):
     home = Path(pwd.getpwnam(name).pw_dir)
     with rehearsal.hub(r, WORKSHOP_IDLE_MINUTES=str(KERNEL_IDLE_S / 60),
                        WORKSHOP_SERVER_IDLE_MINUTES=str(SERVER_IDLE_S / 60)) as hub:
+        assert rehearsal.login(hub, name, r["users"][name])
         rehearsal.start_servers(hub, [name])
         token = rehearsal.user_token(hub, name)
 
@@ -361,3 +367,39 @@ def test_idle_kernel_and_server_are_culled_and_files_stay(one_participant):
           f"participant's RSS {before / 2**20:.0f} MiB -> {after / 2**20:.0f} MiB (kernel held {kernel_rss / 2**20:.0f} MiB); "
           f"server culled {server_culled_s:.0f} s after (timeout {SERVER_IDLE_S} s): no process left")
     assert hub["proc"].returncode == 0
+
+
+def test_participants_passwords_printed_once_accounts_expire_and_remove(tmp_path, capsys):
+    """`add` prints the handout and keeps only the system's hash; the account expires on the given day;
+    `remove` (no hub running) deletes account and home."""
+    import datetime as dt
+    import secrets
+
+    if os.geteuid() != 0 or not shutil.which("useradd"):
+        pytest.skip("creates a Unix user: run as root (CI does)")
+    participants = rehearsal.workshop_module("participants")
+    prefix, group = f"ftpw{secrets.token_hex(2)}u", f"ftpw{secrets.token_hex(2)}"
+    expires = (dt.date.today() + dt.timedelta(days=3)).isoformat()
+    tmp_path.chmod(0o755)
+    try:
+        assert participants.main(["add", "1", "--prefix", prefix, "--group", group, "--home-root", str(tmp_path),
+                                  "--expires", expires]) == 0
+        out = capsys.readouterr().out
+        name = f"{prefix}01"
+        password = next(line.split()[1] for line in out.splitlines() if line.startswith(name))
+        assert len(password) == 12 and set(password) <= set(participants.ALPHABET) and f"expire after {expires}" in out
+        shadow = next(line.split(":") for line in Path("/etc/shadow").read_text().splitlines() if line.startswith(name + ":"))
+        assert shadow[1].startswith("$") and password not in shadow[1]  # a hash, not the password
+        assert int(shadow[7]) == (dt.date.fromisoformat(expires) - dt.date(1970, 1, 1)).days  # the account's last day
+        # nothing under the home or the working folder holds the password in clear
+        for path in [*Path(pwd.getpwnam(name).pw_dir).rglob("*"), *Path.cwd().glob("*.tsv")]:
+            assert not path.is_file() or password.encode() not in path.read_bytes(), path
+        with pytest.raises(SystemExit, match="in the past"):
+            participants.add(1, prefix + "x", group, str(tmp_path), "2000-01-01")
+        assert participants.main(["remove", "1", "--prefix", prefix]) == 0
+        assert "removed " + name in capsys.readouterr().out and not (tmp_path / name).exists()
+        with pytest.raises(KeyError):
+            pwd.getpwnam(name)
+    finally:
+        subprocess.run(["userdel", "--remove", f"{prefix}01"], check=False, timeout=30, capture_output=True)
+        subprocess.run(["groupdel", group], check=False, timeout=30, capture_output=True)

@@ -5,7 +5,7 @@
 What it sets up (docs/workshop.md has the recipe and the instructor's cheat sheet):
 
 * **Log-in**: PAM, i.e. the machine's own accounts. Participants are local Unix users made by
-  ``workshop/participants.py add`` (random passwords, one printed sheet) and only members of the
+  ``workshop/participants.py add`` (random passwords printed once, accounts that expire) and only members of the
   group ``$WORKSHOP_GROUP`` may log in; ``$WORKSHOP_ADMINS`` (the instructors) get the admin page.
 * **Separation by the operating system**: every participant's JupyterLab runs as their own Unix
   user (LocalProcessSpawner), in their own 0700 home, with their own copy of the notebooks. The hub

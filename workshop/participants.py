@@ -39,6 +39,15 @@ def names(count: int, prefix: str) -> list[str]:
     return [f"{prefix}{i:02d}" for i in range(1, count + 1)]
 
 
+# Lower-case letters and digits without look-alikes (l/1, o/0, i/j): typed from a printed handout.
+ALPHABET = "abcdefghkmnpqrstuvwxyz23456789"
+
+
+def new_password(length: int = 12) -> str:
+    """A random password: 12 symbols of 30 are 58 bits, from the OS's secure generator."""
+    return "".join(secrets.choice(ALPHABET) for _ in range(length))
+
+
 def default_expiry() -> str:
     return (dt.date.today() + dt.timedelta(days=2)).isoformat()
 
@@ -63,7 +72,7 @@ def add(count: int, prefix: str, group: str, home_root: str, expires: str | None
         raise SystemExit(f"user {name} already exists. Fix: choose another --prefix, or `remove` first.")
     created = []
     for name in names(count, prefix):
-        password = secrets.token_urlsafe(9)  # 72 random bits, no look-alike-free alphabet needed on a printed sheet
+        password = new_password()
         home = Path(home_root) / name
         subprocess.run(["useradd", "--create-home", "--home-dir", str(home), "--gid", group, "--expiredate", expires,
                         "--shell", "/usr/sbin/nologin", name], check=True, timeout=30)

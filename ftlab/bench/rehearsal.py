@@ -248,8 +248,11 @@ class Kernel:
         return self
 
     async def run(self, code, timeout):
-        """Execute ``code``; return its printed output; raise AssertionError if it fails."""
-        msg_id, out, start = uuid.uuid4().hex, [], time.time()
+        """Execute ``code``; return its printed output; raise AssertionError if it fails.
+
+        Done when both the reply (shell channel) and the kernel's "idle" for this request (iopub, after
+        all output) have come: the websocket carries both channels, and the reply may come first."""
+        msg_id, out, start, replied, idle = uuid.uuid4().hex, [], time.time(), False, False
         await self.ws.write_message(json.dumps({
             "header": {"msg_id": msg_id, "username": self.user, "session": self.session, "msg_type": "execute_request",
                        "version": "5.3", "date": ""},
@@ -268,6 +271,9 @@ class Kernel:
                 raise AssertionError(f"{self.user}: {msg['content']['ename']}: {msg['content']['evalue']}")
             if msg["msg_type"] == "execute_reply":
                 assert msg["content"]["status"] == "ok", f"{self.user}: {msg['content']}"
+                replied = True
+            idle = idle or (msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle")
+            if replied and idle:
                 return "".join(out)
 
     async def close(self, shutdown=True):
@@ -307,18 +313,43 @@ def peeking_code(others_homes) -> str:
             "print(json.dumps(seen))\n")
 
 
+def is_kernel(pid) -> bool:
+    try:
+        return b"ipykernel" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 class Sampler(threading.Thread):
-    """Samples the participants' summed PSS and the machine's used memory every ``every`` seconds."""
+    """Every ``every`` seconds: the participants' summed PSS (all their processes, and their kernels
+    alone: what the plan predicts) and the machine's used memory; keeps the peaks."""
 
     def __init__(self, uids, every=1.0):
         super().__init__(daemon=True)
         self.uids, self.every, self.stop = uids, every, threading.Event()
-        self.peak_pss = self.peak_used = 0
+        self.peak_pss = self.peak_kernels = self.peak_used = 0
 
     def run(self):
         while not self.stop.wait(self.every):
-            self.peak_pss = max(self.peak_pss, memory_of(processes_of(self.uids)))
+            pids = processes_of(self.uids)
+            self.peak_pss = max(self.peak_pss, memory_of(pids))
+            self.peak_kernels = max(self.peak_kernels, memory_of([p for p in pids if is_kernel(p)]))
             self.peak_used = max(self.peak_used, machine_used())
+
+
+def reached_others(info, tokens) -> list[str]:
+    """Each participant's token against every other's server: "me -> other" for each that was not refused."""
+    import requests
+
+    reached = []
+    for me in tokens:
+        for other in tokens:
+            if other != me:
+                r = requests.get(f"{info['base']}/user/{other}/api/contents", headers={"Authorization": f"token {tokens[me]}"},
+                                 timeout=30, verify=info["verify"])
+                if r.status_code != 403:
+                    reached.append(f"{me} -> {other}: {r.status_code}")
+    return reached
 
 
 def rehearse(n: int, notebook: str, profile: str, timeout: int) -> dict:
@@ -338,9 +369,10 @@ def rehearse(n: int, notebook: str, profile: str, timeout: int) -> dict:
             for name, password in r["users"].items():
                 if login(info, name, password) is None:
                     report["failed_logins"].append(name)
-            start_servers(info, list(r["users"]), timeout=300)
+            inside = [name for name in r["users"] if name not in report["failed_logins"]]
+            start_servers(info, inside, timeout=300)
             report["servers_ready_s"] = round(time.time() - t0, 1)
-            tokens = {name: user_token(info, name) for name in r["users"]}
+            tokens = {name: user_token(info, name) for name in inside}
             homes = {name: pwd.getpwnam(name).pw_dir for name in r["users"]}
             sampler = Sampler(r["uids"])
             sampler.start()
@@ -349,24 +381,27 @@ def rehearse(n: int, notebook: str, profile: str, timeout: int) -> dict:
             async def everyone():
                 return await asyncio.gather(*(run_notebook(info, name, tokens[name], notebook, timeout,
                                                            probe=peeking_code([h for o, h in homes.items() if o != name]))
-                                              for name in r["users"]), return_exceptions=True)
+                                              for name in inside), return_exceptions=True)
 
             results = asyncio.run(everyone())
             report["all_done_s"] = round(time.time() - t_run, 1)
             sampler.stop.set()
             sampler.join()
-            for name, result in zip(r["users"], results):
+            for name, result in zip(inside, results):
                 if isinstance(result, BaseException):
                     report["failed_kernels"][name] = f"{type(result).__name__}: {result}"[:300]
                 elif json.loads(result[1]):
                     report["saw_others"][name] = json.loads(result[1])
             report["notebook_s"] = sorted(round(x[0], 1) for x in results if not isinstance(x, BaseException))
+            report["token_reached_others"] = reached_others(info, tokens)
         report["hub_exit"] = info["proc"].returncode
     report.update(peak_participants_pss_gib=round(sampler.peak_pss / GiB, 2),
+                  peak_kernels_pss_gib=round(sampler.peak_kernels / GiB, 2),
                   peak_machine_used_above_idle_gib=round((sampler.peak_used - base_used) / GiB, 2),
                   plan_per_kernel_gib=row["peak_gib"], plan_total_gib=round(row["peak_gib"] * n, 2),
                   load_after=os.getloadavg()[0])
-    report["ok"] = not (report["failed_logins"] or report["failed_kernels"] or report["saw_others"] or report["hub_exit"])
+    report["ok"] = not (report["failed_logins"] or report["failed_kernels"] or report["saw_others"]
+                        or report["token_reached_others"] or report["hub_exit"])
     return report
 
 
@@ -383,10 +418,12 @@ def main(argv=None) -> int:
     print(json.dumps(rep, indent=1))
     print(f"\n{rep['participants']} participants, {rep['notebook']} ({rep['profile']}): all done in {rep['all_done_s']} s "
           f"after the servers were ready ({rep['servers_ready_s']} s after the hub started); "
-          f"peak memory {rep['peak_participants_pss_gib']} GiB (participants' processes, PSS; machine: "
-          f"+{rep['peak_machine_used_above_idle_gib']} GiB) vs the plan's {rep['plan_per_kernel_gib']} x {rep['participants']} = "
-          f"{rep['plan_total_gib']} GiB; failed logins {len(rep['failed_logins'])}, failed kernels {len(rep['failed_kernels'])}, "
-          f"participants who saw another's files {len(rep['saw_others'])}; load average {rep['load_before']:.1f} -> {rep['load_after']:.1f}")
+          f"peak memory of the kernels {rep['peak_kernels_pss_gib']} GiB (PSS) vs the plan's {rep['plan_per_kernel_gib']} x "
+          f"{rep['participants']} = {rep['plan_total_gib']} GiB; all the participants' processes (servers too) "
+          f"{rep['peak_participants_pss_gib']} GiB; the machine +{rep['peak_machine_used_above_idle_gib']} GiB over its "
+          f"level before (other jobs included); failed logins {len(rep['failed_logins'])}, failed kernels "
+          f"{len(rep['failed_kernels'])}, participants who saw another's files {len(rep['saw_others'])}, "
+          f"tokens that reached another's server {len(rep['token_reached_others'])}; load average {rep['load_before']:.1f} -> {rep['load_after']:.1f}")
     return 0 if rep["ok"] else 1
 
 
