@@ -260,7 +260,13 @@ class Kernel:
             "content": {"code": code, "silent": False, "store_history": True, "user_expressions": {},
                         "allow_stdin": False, "stop_on_error": True}}))
         while True:
-            raw = await asyncio.wait_for(self.ws.read_message(), timeout=max(1, timeout - (time.time() - start)))
+            left = max(1, timeout - (time.time() - start))
+            try:  # once replied, the idle status follows at once; wait for it 30 s at most
+                raw = await asyncio.wait_for(self.ws.read_message(), timeout=min(left, 30) if replied else left)
+            except asyncio.TimeoutError:
+                if replied:
+                    return "".join(out)
+                raise TimeoutError(f"{self.user}: no reply from the kernel within {timeout:.0f} s") from None
             assert raw is not None, f"{self.user}: kernel websocket closed"
             msg = json.loads(raw)
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
