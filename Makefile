@@ -9,7 +9,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.ftlab-installed
 PIP     := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: setup model browser lab test test-fast bench gpu-check clean-model workshop
+.PHONY: setup model browser lab test test-fast bench gpu-check clean-model workshop workshop-cert
 
 setup: $(STAMP)
 
@@ -70,15 +70,23 @@ bench: setup model
 gpu-check: setup model
 	$(PY) -m ftlab.preflight.gpu_check
 
-# A rehearsal of the workshop hub (workshop/, docs/workshop.md) on http://127.0.0.1:8000, as root
-# (it switches to each participant's Unix user). Participants: workshop/participants.py add N.
-# The hub's state (database, cookie secret) goes to $$WORKSHOP_STATE, here .workshop-state/.
+# The workshop hub (workshop/, docs/workshop.md) on 127.0.0.1:8000, as root (it switches to each
+# participant's Unix user). Participants: workshop/participants.py add N. The hub's state (database,
+# cookie secret, tls/) goes to $$WORKSHOP_STATE, here .workshop-state/. Off localhost
+# (WORKSHOP_IP=0.0.0.0) it serves https only, with the certificate `make workshop-cert` puts there.
 # The shared model cache ($$FTLAB_HOME, default /opt/ftlab) is converted once and made read-only for all.
 workshop: setup
 	@[ "$$(id -u)" = 0 ] || { echo "make workshop: the hub must run as root (it starts each participant's server as that user)"; exit 1; }
 	FTLAB_HOME=$${FTLAB_HOME:-/opt/ftlab} $(PY) -m ftlab prefetch && chmod -R a+rX,go-w $${FTLAB_HOME:-/opt/ftlab}
 	WORKSHOP_STATE=$${WORKSHOP_STATE:-$(CURDIR)/.workshop-state} FTLAB_HOME=$${FTLAB_HOME:-/opt/ftlab} \
 		$(VENV)/bin/jupyterhub -f workshop/jupyterhub_config.py
+
+# The hub's TLS certificate in $$WORKSHOP_STATE/tls: self-signed for this machine's names and IPs (add
+# NAMES="spark.local 10.0.0.5" for others the room will type), or your own: CERT=... KEY=... (PEM).
+# Prints the SHA-256 fingerprint to show the room. An existing certificate is kept (FORCE=1 replaces it).
+workshop-cert: setup
+	WORKSHOP_STATE=$${WORKSHOP_STATE:-$(CURDIR)/.workshop-state} $(PY) workshop/cert.py \
+		$(foreach n,$(NAMES),--name $(n)) $(if $(CERT),--cert $(CERT)) $(if $(KEY),--key $(KEY)) $(if $(FORCE),--force)
 
 clean-model:
 	$(PY) -m ftlab prefetch --force

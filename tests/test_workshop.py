@@ -1,10 +1,15 @@
 """The workshop: `ftlab workshop plan`, and a rehearsal of the JupyterHub recipe (workshop/).
 
-The rehearsal (root only: it creates Unix users) starts the hub on 127.0.0.1 with 3 participants,
-logs each one in through the login form, starts their servers, and runs notebook 00 (ci profile) in
-all three at once through the Jupyter server API (a kernel per user, every code cell sent over the
-kernel's websocket, as JupyterLab does). Then it checks that nobody can reach another's server or
-files, that an anonymous visitor gets the login page, and that stopping the hub leaves nothing behind.
+The rehearsal (root only: it creates Unix users) starts the hub over https on 127.0.0.1 with 3
+participants (a self-signed certificate that the client trusts explicitly), logs each one in through
+the login form, starts their servers, and runs notebook 00 (ci profile) in all three at once through
+the Jupyter server API (a kernel per user, every code cell sent over the kernel's websocket, as
+JupyterLab does). Then it checks that nobody can reach another's server or files, that an anonymous
+visitor gets the login page, that an expired account is refused, that `participants.py remove` takes a
+participant out of a running hub, and that stopping the hub leaves nothing behind. The machinery is
+``ftlab.bench.rehearsal``, which also runs the 12-participant rehearsal (a benchmark, not a test).
+The culling test starts one participant's hub with a 12 s kernel and 30 s server idle timeout.
+The TLS tests check that the hub refuses the network without a certificate and the certificate tool.
 
 What a real workshop does once, the test does in its set-up: the model cache is a shared read-only
 copy (FTLAB_HOME, world-readable), and the course's Python must be reachable by every participant
@@ -16,21 +21,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
+import pwd
 import shutil
-import signal
 import socket
 import stat
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 from ftlab import workshop
+from ftlab.bench import rehearsal
 
 ROOT = Path(__file__).resolve().parents[1]
 GiB = 2**30
@@ -119,240 +123,104 @@ def test_model_cache_check_names_the_problem():
 # --------------------------------------------------------------------------- the rehearsal
 
 N_USERS = 3
-HUB_WAIT_S = 60
-SPAWN_WAIT_S = 150
 NOTEBOOK_WAIT_S = 420
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def wait_for(what, predicate, timeout, every=0.5):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"{what}: not within {timeout} s")
-
-
-def processes_of(uids) -> list[int]:
-    """Pids of live (not zombie) processes owned by these uids, from /proc."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = (entry / "status").read_text()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        if int(fields["Uid"].split()[0]) in uids and not fields["State"].strip().startswith("Z"):
-            pids.append(int(entry.name))
-    return pids
-
-
-def grant_traverse(paths) -> list[tuple[Path, int]]:
-    """Give 'others' the traverse bit on every folder above ``paths`` that lacks it; return what to restore."""
-    changed = []
-    for path in paths:
-        for folder in reversed(Path(path).resolve().parents):
-            mode = folder.stat().st_mode
-            if not mode & stat.S_IXOTH and all(folder != f for f, _ in changed):
-                folder.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
-                changed.append((folder, stat.S_IMODE(mode)))
-    return changed
-
-
-async def run_notebook(base, user, token, notebook, timeout):
-    """Start a kernel in ``user``'s server and send it every code cell of ``notebook``; return seconds."""
-    import requests
-    from tornado.httpclient import HTTPRequest
-    from tornado.websocket import websocket_connect
-
-    headers = {"Authorization": f"token {token}"}
-    r = await asyncio.to_thread(requests.post, f"{base}/user/{user}/api/kernels", headers=headers,
-                                json={"name": "python3", "path": notebook}, timeout=60)
-    assert r.status_code == 201, r.text
-    kernel = r.json()["id"]
-    ws_url = f"{base.replace('http', 'ws')}/user/{user}/api/kernels/{kernel}/channels"
-    ws = await websocket_connect(HTTPRequest(ws_url, headers=headers, connect_timeout=30, request_timeout=60))
-    cells = json.loads(Path(ROOT / "notebooks" / notebook).read_text())["cells"]
-    session, start = uuid.uuid4().hex, time.time()
-    try:
-        for index, cell in enumerate(c for c in cells if c["cell_type"] == "code"):
-            msg_id = uuid.uuid4().hex
-            await ws.write_message(json.dumps({
-                "header": {"msg_id": msg_id, "username": user, "session": session, "msg_type": "execute_request",
-                           "version": "5.3", "date": ""},
-                "parent_header": {}, "metadata": {}, "channel": "shell",
-                "content": {"code": "".join(cell["source"]), "silent": False, "store_history": True,
-                            "user_expressions": {}, "allow_stdin": False, "stop_on_error": True}}))
-            while True:
-                remaining = timeout - (time.time() - start)
-                raw = await asyncio.wait_for(ws.read_message(), timeout=max(1, remaining))
-                assert raw is not None, f"{user}: kernel websocket closed at cell {index}"
-                msg = json.loads(raw)
-                if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                    continue
-                if msg["msg_type"] == "error":
-                    raise AssertionError(f"{user}: cell {index} failed: {msg['content']['ename']}: {msg['content']['evalue']}")
-                if msg["msg_type"] == "execute_reply":
-                    assert msg["content"]["status"] == "ok", f"{user}: cell {index}: {msg['content']}"
-                    break
-    finally:
-        ws.close()
-        await asyncio.to_thread(requests.delete, f"{base}/user/{user}/api/kernels/{kernel}", headers=headers, timeout=60)
-    return time.time() - start
 
 
 @pytest.fixture
 def room():
-    """3 participants (Unix users in their own group), a shared read-only model cache, free ports."""
+    """3 participants (Unix users in their own group), a shared read-only model cache, a certificate."""
     if os.geteuid() != 0 or not shutil.which("useradd"):
         pytest.skip("the rehearsal creates Unix users: run as root (CI does)")
-    from ftlab.models import smollm2_dir
-
-    tag = secrets.token_hex(3)
-    base = Path(tempfile.mkdtemp(prefix=f"ftlab-ws-{tag}-", dir="/tmp"))
-    base.chmod(0o755)
-    cache = base / "ftlab-home"
-    # What the instructor does once: a shared, read-only copy of the converted model for everyone.
-    shutil.copytree(smollm2_dir(), cache / "models" / smollm2_dir().name)
-    for path in [cache, *cache.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    (base / "homes").mkdir(mode=0o755)
-    restore = grant_traverse([sys.executable, os.path.realpath(sys.executable), ROOT])
-    prefix, group = f"ftws{tag}u", f"ftws{tag}"
-    sys.path.insert(0, str(ROOT / "workshop"))
-    import participants
-
-    sys.path.pop(0)
-    created = participants.add(N_USERS, prefix, group, str(base / "homes"), str(base / "sheet.tsv"))
-    uids = {__import__("pwd").getpwnam(n).pw_uid for n, _ in created}
-    try:
-        yield dict(base=base, cache=cache, users=dict(created), group=group, uids=uids)
-    finally:
-        for pid in processes_of(uids):  # only if the test failed half-way: the rehearsal's own processes
-            os.kill(pid, signal.SIGKILL)
-        participants.remove(N_USERS, prefix)
-        subprocess.run(["groupdel", group], check=False, timeout=30, capture_output=True)
-        for folder, mode in restore:
-            folder.chmod(mode)
-        shutil.rmtree(base, ignore_errors=True)
+    with rehearsal.room(N_USERS) as r:
+        yield r
 
 
 @pytest.mark.slow
-def test_rehearsal_three_participants_run_notebook_00_at_once(room):
+def test_rehearsal_three_participants_run_notebook_00_at_once_over_https(room):
     import requests
 
-    port, hub_port, api_port = free_ports(3)
-    base = f"http://127.0.0.1:{port}"
-    token = secrets.token_hex(16)
-    env = {**os.environ, "WORKSHOP_STATE": str(room["base"] / "state"), "WORKSHOP_PORT": str(port),
-           "WORKSHOP_HUB_PORT": str(hub_port), "WORKSHOP_PROXY_API_PORT": str(api_port),
-           "WORKSHOP_GROUP": room["group"], "WORKSHOP_PARTICIPANTS": str(N_USERS), "WORKSHOP_API_TOKEN": token,
-           "FTLAB_HOME": str(room["cache"]), "FTLAB_PROFILE": "ci", "FTLAB_MEMORY_BUDGET_GIB": "3",
-           "WORKSHOP_MACHINE_GIB": "64"}
-    env.pop("FTLAB_SOLUTIONS", None)  # participants who answered nothing: the notebook must still run
+    participants = rehearsal.workshop_module("participants")
     t0 = time.time()
-    log = open(room["base"] / "hub.log", "w")
-    hub = subprocess.Popen([str(Path(sys.executable).parent / "jupyterhub"), "-f", str(ROOT / "workshop" / "jupyterhub_config.py")],
-                           cwd=room["base"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    admin = {"Authorization": f"token {token}"}
     timings = {}
-    try:
-        wait_for("hub health", lambda: _ok(requests, f"{base}/hub/health"), HUB_WAIT_S)
+    names = list(room["users"])
+    with rehearsal.hub(room) as hub:
+        base, verify = hub["base"], hub["verify"]
         timings["hub up"] = time.time() - t0
+        assert base.startswith("https://")
+        # plain http on the same port gets no login form: TLS is the only way in
+        try:
+            plain = requests.get(base.replace("https", "http") + "/hub/login", timeout=10)
+            assert plain.status_code >= 400 and 'name="password"' not in plain.text, plain.status_code
+        except requests.ConnectionError:
+            pass
+        # the client trusts the room's certificate, and nothing else: without it verification fails
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(base + "/hub/login", timeout=10)
 
         # an anonymous visitor is sent to the login page, for the hub and for any user's server
-        first = next(iter(room["users"]))
-        for path in ("/hub/home", f"/user/{first}/lab"):
-            r = requests.get(base + path, timeout=30)
+        for path in ("/hub/home", f"/user/{names[0]}/lab"):
+            r = requests.get(base + path, timeout=30, verify=verify)
             assert r.status_code == 200 and "/hub/login" in r.url and 'name="password"' in r.text, (path, r.url)
 
         # each participant logs in through the form (PAM checks the Unix password)...
-        sessions = {}
-        for name, password in room["users"].items():
-            s = requests.Session()
-            s.get(f"{base}/hub/login", timeout=30)
-            r = s.post(f"{base}/hub/login", data={"username": name, "password": password, "_xsrf": s.cookies.get("_xsrf")},
-                       allow_redirects=False, timeout=60)
-            assert r.status_code == 302 and "login" not in r.headers["location"], (name, r.status_code)
-            sessions[name] = s
-        r = requests.Session().post(f"{base}/hub/login", data={"username": first, "password": "wrong"}, timeout=60)
-        assert "/hub/login" in r.url or r.status_code in (403, 200)
+        sessions = {name: rehearsal.login(hub, name, password) for name, password in room["users"].items()}
+        assert all(sessions.values()), sessions
+        assert rehearsal.login(hub, names[0], "wrong") is None
         # ...and their servers start (as their own Unix user)
-        for name in room["users"]:
-            assert requests.post(f"{base}/hub/api/users/{name}/server", headers=admin, timeout=60).status_code in (201, 202)
-        for name in room["users"]:
-            wait_for(f"{name}'s server", lambda: _ready(requests, base, name, admin), SPAWN_WAIT_S, every=1)
+        rehearsal.start_servers(hub, names)
         timings["servers ready"] = time.time() - t0
-        tokens = {n: requests.post(f"{base}/hub/api/users/{n}/tokens", headers=admin, json={"expires_in": 900},
-                                   timeout=60).json()["token"] for n in room["users"]}
+        tokens = {n: rehearsal.user_token(hub, n) for n in names}
 
-        # all three run notebook 00 at the same time
+        # all three run notebook 00 at the same time, then try to list each other's homes from their kernel
+        homes = {n: Path(pwd.getpwnam(n).pw_dir) for n in names}
+
         async def everyone():
-            return await asyncio.gather(*(run_notebook(base, n, tokens[n], "00_concepts.ipynb", NOTEBOOK_WAIT_S)
-                                          for n in room["users"]))
+            return await asyncio.gather(*(rehearsal.run_notebook(
+                hub, n, tokens[n], "00_concepts.ipynb", NOTEBOOK_WAIT_S,
+                probe=rehearsal.peeking_code([h for o, h in homes.items() if o != n])) for n in names))
 
-        seconds = asyncio.run(everyone())
-        timings["notebook 00 per user"] = [round(s, 1) for s in seconds]
+        results = asyncio.run(everyone())
+        timings["notebook 00 per user"] = [round(sec, 1) for sec, _ in results]
         timings["all finished"] = time.time() - t0
+        assert all(json.loads(seen) == {} for _, seen in results), results  # no kernel could list another home
 
         # nobody reaches anybody else's server or files, by token or by browser cookie
-        names = list(room["users"])
         for me, other in zip(names, names[1:] + names[:1]):
             r = requests.get(f"{base}/user/{other}/api/contents/00_concepts.ipynb",
-                             headers={"Authorization": f"token {tokens[me]}"}, timeout=30)
+                             headers={"Authorization": f"token {tokens[me]}"}, timeout=30, verify=verify)
             assert r.status_code == 403, (me, other, r.status_code)
             r = sessions[me].get(f"{base}/user/{other}/api/contents", timeout=30)
             assert r.status_code in (403, 404) or "/hub/login" in r.url or "content" not in r.text, (me, other, r.status_code)
             own = requests.get(f"{base}/user/{me}/api/contents/00_concepts.ipynb",
-                               headers={"Authorization": f"token {tokens[me]}"}, timeout=30)
+                               headers={"Authorization": f"token {tokens[me]}"}, timeout=30, verify=verify)
             assert own.status_code == 200
         # and the operating system agrees: homes are 0700 and owned by their user
         for name in names:
-            home = Path(__import__("pwd").getpwnam(name).pw_dir)
-            assert stat.S_IMODE(home.stat().st_mode) == 0o700 and home.stat().st_uid in room["uids"]
-            assert (home / "ftlab-notebooks" / "00_concepts.ipynb").stat().st_uid == home.stat().st_uid
-        assert all(processes_of({u}) for u in room["uids"])  # one server per user, running as that user
-    finally:
+            assert stat.S_IMODE(homes[name].stat().st_mode) == 0o700 and homes[name].stat().st_uid in room["uids"]
+            assert (homes[name] / "ftlab-notebooks" / "00_concepts.ipynb").stat().st_uid == homes[name].stat().st_uid
+        assert all(rehearsal.processes_of({u}) for u in room["uids"])  # one server per user, running as that user
+
+        # an expired account is refused by PAM, password or not
+        subprocess.run(["usermod", "--expiredate", "1970-01-02", names[1]], check=True, timeout=30)
+        assert rehearsal.login(hub, names[1], room["users"][names[1]]) is None
+        # `participants.py remove` takes a participant out while the hub runs: server, hub entry, account, home
+        gone = names[2]
+        uid = pwd.getpwnam(gone).pw_uid
+        participants.remove([gone], hub["hub_api"], hub["token"])
+        assert requests.get(f"{base}/hub/api/users/{gone}", headers=hub["admin"], timeout=30, verify=verify).status_code == 404
+        assert not rehearsal.processes_of({uid}) and not homes[gone].exists()
+        with pytest.raises(KeyError):
+            pwd.getpwnam(gone)
         stop_start = time.time()
-        hub.send_signal(signal.SIGTERM)
-        try:
-            hub.wait(timeout=60)
-        finally:
-            log.close()
-        timings["hub stop"] = time.time() - stop_start
-        print(f"\n[rehearsal] {json.dumps({k: (round(v, 1) if isinstance(v, float) else v) for k, v in timings.items()})}")
-    assert hub.returncode == 0, (room["base"] / "hub.log").read_text()[-3000:]
+    timings["hub stop"] = time.time() - stop_start
+    print(f"\n[rehearsal] {json.dumps({k: (round(v, 1) if isinstance(v, float) else v) for k, v in timings.items()})}")
+    assert hub["proc"].returncode == 0, (room["base"] / "hub.log").read_text()[-3000:]
     # the hub stopped every server and the proxy: nothing of the rehearsal is left
-    wait_for("participants' processes to exit", lambda: not processes_of(room["uids"]), 30)
+    rehearsal.wait_for("participants' processes to exit", lambda: not rehearsal.processes_of(room["uids"]), 30)
     proxy_pid = room["base"] / "state" / "proxy.pid"
     assert not proxy_pid.exists() or not Path(f"/proc/{proxy_pid.read_text().strip()}").exists()
     with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-
-
-def _ok(requests, url):
-    try:
-        return requests.get(url, timeout=5).status_code == 200
-    except requests.RequestException:
-        return False
-
-
-def _ready(requests, base, name, admin):
-    server = requests.get(f"{base}/hub/api/users/{name}", headers=admin, timeout=30).json()["servers"].get("")
-    return bool(server and server.get("ready"))
+        socket.create_connection(("127.0.0.1", hub["port"]), timeout=2).close()
 
 
 def test_spawner_refuses_without_model_cache(tmp_path):
@@ -377,3 +245,161 @@ def test_spawner_refuses_without_model_cache(tmp_path):
     assert "ftlab prefetch" in out.stdout and str(tmp_path / "nothing") in out.stdout
     # and budget x participants > machine printed the warning with the numbers
     assert "4 participants x 2 GiB budget = 8 GiB, more than the 1.0 GiB" in out.stderr
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+def _load_config(env, tmp_path):
+    """Run workshop/jupyterhub_config.py as JupyterHub would (no hub started); return the subprocess."""
+    code = ("from traitlets.config import Config\nc = Config()\n"
+            f"path = {str(ROOT / 'workshop' / 'jupyterhub_config.py')!r}\n"
+            "exec(open(path).read(), {'get_config': lambda: c, '__file__': path})\n"
+            "print('SSL', c.JupyterHub.get('ssl_cert'), 'IP', c.JupyterHub.ip)\n")
+    env = {**os.environ, "WORKSHOP_STATE": str(tmp_path / "state"), "WORKSHOP_MACHINE_GIB": "64", **env}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_hub_refuses_the_network_without_a_certificate(tmp_path):
+    for ip in ("0.0.0.0", "::", "192.0.2.7"):
+        out = _load_config({"WORKSHOP_IP": ip}, tmp_path)
+        assert out.returncode == 2, (ip, out.stdout, out.stderr[-2000:])
+        assert "refusing to listen" in out.stderr and "make workshop-cert" in out.stderr and "SSL" not in out.stdout
+    # the real command exits non-zero too, before it binds anything
+    hub = subprocess.run([str(Path(sys.executable).parent / "jupyterhub"), "-f", str(ROOT / "workshop" / "jupyterhub_config.py")],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         env={**os.environ, "WORKSHOP_IP": "0.0.0.0", "WORKSHOP_STATE": str(tmp_path / "state")})
+    assert hub.returncode != 0 and "make workshop-cert" in hub.stderr + hub.stdout
+    # loopback needs no certificate (a rehearsal on this machine)
+    out = _load_config({"WORKSHOP_IP": "127.0.0.1"}, tmp_path)
+    assert out.returncode == 0 and "SSL None IP 127.0.0.1" in out.stdout, out.stderr[-2000:]
+    # with `make workshop-cert`'s files in the state folder, the hub serves https on the network
+    rehearsal.workshop_module("cert").main(["--out", str(tmp_path / "state" / "tls")])
+    out = _load_config({"WORKSHOP_IP": "0.0.0.0"}, tmp_path)
+    assert out.returncode == 0 and f"SSL {tmp_path / 'state' / 'tls' / 'cert.pem'} IP 0.0.0.0" in out.stdout, out.stderr[-2000:]
+
+
+def test_workshop_cert_self_signed_and_own(tmp_path, capsys):
+    import ssl
+
+    from cryptography import x509
+
+    cert = rehearsal.workshop_module("cert")
+    out = tmp_path / "tls"
+    assert cert.main(["--out", str(out), "--name", "spark.example", "--name", "10.1.2.3"]) == 0
+    printed = capsys.readouterr().out
+    made = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+    assert cert.fingerprint(made) in printed and stat.S_IMODE((out / "key.pem").stat().st_mode) == 0o600
+    san = made.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "spark.example" in san.get_values_for_type(x509.DNSName) and socket.gethostname() in san.get_values_for_type(x509.DNSName)
+    assert {"10.1.2.3", "127.0.0.1"} <= {str(a) for a in san.get_values_for_type(x509.IPAddress)}
+    ssl.create_default_context(cafile=str(out / "cert.pem")).load_cert_chain(out / "cert.pem", out / "key.pem")  # a pair
+    # a second run keeps it (the room may trust its fingerprint already)
+    assert cert.main(["--out", str(out)]) == 0 and "kept the existing certificate" in capsys.readouterr().out
+    assert x509.load_pem_x509_certificate((out / "cert.pem").read_bytes()) == made
+    # the instructor's own pair is checked and installed; a key that does not match is refused, naming both
+    other = cert.self_signed(tmp_path / "other", ["hub.example"])
+    assert cert.main(["--out", str(tmp_path / "own"), "--cert", str(other[0]), "--key", str(other[1])]) == 0
+    assert other[2] in capsys.readouterr().out and (tmp_path / "own" / "cert.pem").read_bytes() == other[0].read_bytes()
+    with pytest.raises(SystemExit, match="is not the key of"):
+        cert.main(["--out", str(tmp_path / "mixed"), "--cert", str(other[0]), "--key", str(out / "key.pem")])
+
+
+# --------------------------------------------------------------------------- idle culling
+
+KERNEL_IDLE_S, SERVER_IDLE_S = 12, 30
+
+
+@pytest.fixture
+def one_participant():
+    if os.geteuid() != 0 or not shutil.which("useradd"):
+        pytest.skip("the culling test creates a Unix user: run as root (CI does)")
+    with rehearsal.room(1) as r:
+        yield r
+
+
+@pytest.mark.slow
+def test_idle_kernel_and_server_are_culled_and_files_stay(one_participant):
+    """Short timeouts: an idle kernel is shut down by its server (memory returned), then the idle server
+    by jupyterhub-idle-culler (no process left); the participant's files stay."""
+    import requests
+
+    r = one_participant
+    name = next(iter(r["users"]))
+    uid = pwd.getpwnam(name).pw_uid
+    home = Path(pwd.getpwnam(name).pw_dir)
+    with rehearsal.hub(r, WORKSHOP_IDLE_MINUTES=str(KERNEL_IDLE_S / 60),
+                       WORKSHOP_SERVER_IDLE_MINUTES=str(SERVER_IDLE_S / 60)) as hub:
+        assert rehearsal.login(hub, name, r["users"][name])
+        rehearsal.start_servers(hub, [name])
+        token = rehearsal.user_token(hub, name)
+
+        async def work():  # a kernel that loads the course's model and holds 256 MiB more, then writes a file
+            kernel = await rehearsal.Kernel(hub, name, token).start()
+            out = await kernel.run(
+                "import os, torch\nfrom ftlab.models import load_model\nmodel, tok = load_model()\n"
+                "held = torch.ones(64 * 2**20)\nopen('work.txt', 'w').write('my results')\nprint(os.getpid())", 300)
+            await kernel.close(shutdown=False)  # the participant walks away: the kernel stays, idle
+            return int(out.split()[-1])
+
+        kernel_pid = asyncio.run(work())
+        idle_from = time.time()
+        kernel_rss = rehearsal.memory_of([kernel_pid], "Rss")
+        before = rehearsal.memory_of(rehearsal.processes_of({uid}), "Rss")
+        assert kernel_rss > 256 * 2**20, kernel_rss
+
+        rehearsal.wait_for("the idle kernel to be culled", lambda: not Path(f"/proc/{kernel_pid}").exists(), KERNEL_IDLE_S + 60)
+        kernel_culled_s = time.time() - idle_from
+        after = rehearsal.memory_of(rehearsal.processes_of({uid}), "Rss")
+        server_up = requests.get(f"{hub['base']}/hub/api/users/{name}", headers=hub["admin"], timeout=30,
+                                 verify=hub["verify"]).json()["servers"].get("")
+        assert server_up, "the server was culled before its kernel: the kernel's own culling did not run"
+        assert before - after >= 0.9 * kernel_rss, (before, after, kernel_rss)  # the kernel's memory went with it
+
+        def server_gone():
+            user = requests.get(f"{hub['base']}/hub/api/users/{name}", headers=hub["admin"], timeout=30, verify=hub["verify"]).json()
+            return not user["servers"] and not rehearsal.processes_of({uid})
+
+        rehearsal.wait_for("the idle server to be culled", server_gone, SERVER_IDLE_S + 90, every=2)
+        server_culled_s = time.time() - idle_from
+        assert (home / "ftlab-notebooks" / "work.txt").read_text() == "my results"  # files stay
+    print(f"\n[culling] kernel culled {kernel_culled_s:.0f} s after going idle (timeout {KERNEL_IDLE_S} s): "
+          f"participant's RSS {before / 2**20:.0f} MiB -> {after / 2**20:.0f} MiB (kernel held {kernel_rss / 2**20:.0f} MiB); "
+          f"server culled {server_culled_s:.0f} s after (timeout {SERVER_IDLE_S} s): no process left")
+    assert hub["proc"].returncode == 0
+
+
+def test_participants_passwords_printed_once_accounts_expire_and_remove(tmp_path, capsys):
+    """`add` prints the handout and keeps only the system's hash; the account expires on the given day;
+    `remove` (no hub running) deletes account and home."""
+    import datetime as dt
+    import secrets
+
+    if os.geteuid() != 0 or not shutil.which("useradd"):
+        pytest.skip("creates a Unix user: run as root (CI does)")
+    participants = rehearsal.workshop_module("participants")
+    prefix, group = f"ftpw{secrets.token_hex(2)}u", f"ftpw{secrets.token_hex(2)}"
+    expires = (dt.date.today() + dt.timedelta(days=3)).isoformat()
+    tmp_path.chmod(0o755)
+    try:
+        assert participants.main(["add", "1", "--prefix", prefix, "--group", group, "--home-root", str(tmp_path),
+                                  "--expires", expires]) == 0
+        out = capsys.readouterr().out
+        name = f"{prefix}01"
+        password = next(line.split()[1] for line in out.splitlines() if line.startswith(name))
+        assert len(password) == 12 and set(password) <= set(participants.ALPHABET) and f"expire after {expires}" in out
+        shadow = next(line.split(":") for line in Path("/etc/shadow").read_text().splitlines() if line.startswith(name + ":"))
+        assert shadow[1].startswith("$") and password not in shadow[1]  # a hash, not the password
+        assert int(shadow[7]) == (dt.date.fromisoformat(expires) - dt.date(1970, 1, 1)).days  # the account's last day
+        # nothing under the home or the working folder holds the password in clear
+        for path in [*Path(pwd.getpwnam(name).pw_dir).rglob("*"), *Path.cwd().glob("*.tsv")]:
+            assert not path.is_file() or password.encode() not in path.read_bytes(), path
+        with pytest.raises(SystemExit, match="in the past"):
+            participants.add(1, prefix + "x", group, str(tmp_path), "2000-01-01")
+        assert participants.main(["remove", "1", "--prefix", prefix]) == 0
+        assert "removed " + name in capsys.readouterr().out and not (tmp_path / name).exists()
+        with pytest.raises(KeyError):
+            pwd.getpwnam(name)
+    finally:
+        subprocess.run(["userdel", "--remove", f"{prefix}01"], check=False, timeout=30, capture_output=True)
+        subprocess.run(["groupdel", group], check=False, timeout=30, capture_output=True)

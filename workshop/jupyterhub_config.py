@@ -5,7 +5,7 @@
 What it sets up (docs/workshop.md has the recipe and the instructor's cheat sheet):
 
 * **Log-in**: PAM, i.e. the machine's own accounts. Participants are local Unix users made by
-  ``workshop/participants.py add`` (random passwords, one printed sheet) and only members of the
+  ``workshop/participants.py add`` (random passwords printed once, accounts that expire) and only members of the
   group ``$WORKSHOP_GROUP`` may log in; ``$WORKSHOP_ADMINS`` (the instructors) get the admin page.
 * **Separation by the operating system**: every participant's JupyterLab runs as their own Unix
   user (LocalProcessSpawner), in their own 0700 home, with their own copy of the notebooks. The hub
@@ -18,13 +18,21 @@ What it sets up (docs/workshop.md has the recipe and the instructor's cheat shee
   and generation run against it; on CUDA it is enforced with ``set_per_process_memory_fraction``),
   and a hard per-process limit (``RLIMIT_AS``, CPU machines) so one runaway kernel fails alone. When
   budget x participants is more than the machine, the hub prints a warning with the numbers.
-* **Network**: binds 127.0.0.1 unless ``WORKSHOP_IP`` says otherwise; put TLS in front for a room.
+* **Network**: binds 127.0.0.1 unless ``WORKSHOP_IP`` says otherwise. Off the loopback interface the
+  hub serves https only: it refuses to start without a certificate (``make workshop-cert`` makes a
+  self-signed one, or installs the instructor's own, in ``$WORKSHOP_STATE/tls``). Participants type
+  their Unix passwords into the login form: they must never cross the room's Wi-Fi in clear text.
+* **Idle culling**: a kernel idle for ``WORKSHOP_IDLE_MINUTES`` is shut down by its server (even with
+  the tab open), and ``jupyterhub-idle-culler`` stops a server nobody used for that long (tab closed,
+  participant gone). Files stay; the next Run of a training cell resumes from its last checkpoint.
 
 Every setting comes from an environment variable with a default (see ``setting`` below).
 """
 
+import ipaddress
 import os
 import pwd
+import socket
 import resource
 import shutil
 import sys
@@ -74,7 +82,32 @@ if warning:
 
 # ---------------------------------------------------------------- hub, proxy, state
 STATE.mkdir(parents=True, exist_ok=True, mode=0o700)
-c.JupyterHub.ip = setting("WORKSHOP_IP", "127.0.0.1")
+IP = setting("WORKSHOP_IP", "127.0.0.1")
+CERT = Path(setting("WORKSHOP_SSL_CERT", str(STATE / "tls" / "cert.pem")))
+KEY = Path(setting("WORKSHOP_SSL_KEY", str(STATE / "tls" / "key.pem")))
+
+
+def loopback_only(host: str) -> bool:
+    """True when ``host`` is reachable from this machine alone (\"\" and 0.0.0.0 mean every interface)."""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host or None, None, flags=socket.AI_PASSIVE)}
+    except socket.gaierror:
+        return False
+    return all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+
+
+if CERT.is_file() and KEY.is_file():
+    c.JupyterHub.ssl_cert, c.JupyterHub.ssl_key = str(CERT), str(KEY)
+elif not loopback_only(IP):
+    # A config file cannot return an error code; SystemExit passes through traitlets' loader.
+    print(f"[ftlab workshop] refusing to listen on {IP or 'every interface'} without TLS: participants' passwords "
+          f"would cross the room's network in clear text. No certificate at {CERT} / {KEY}.\n"
+          f"Fix: sudo make workshop-cert   (self-signed for this machine; prints the fingerprint to show the room)\n"
+          f"  or sudo make workshop-cert CERT=/path/cert.pem KEY=/path/key.pem   (your own certificate)\n"
+          f"  or WORKSHOP_SSL_CERT=... WORKSHOP_SSL_KEY=...; or WORKSHOP_IP=127.0.0.1 for a rehearsal on this machine.",
+          file=sys.stderr, flush=True)
+    raise SystemExit(2)
+c.JupyterHub.ip = IP
 c.JupyterHub.port = int(setting("WORKSHOP_PORT", "8000"))
 c.JupyterHub.hub_ip = "127.0.0.1"
 c.JupyterHub.hub_port = int(setting("WORKSHOP_HUB_PORT", "8081"))
@@ -83,8 +116,9 @@ c.JupyterHub.cookie_secret_file = str(STATE / "jupyterhub_cookie_secret")
 c.JupyterHub.pid_file = str(STATE / "jupyterhub.pid")
 c.JupyterHub.cleanup_servers = True  # stopping the hub stops every participant's server
 c.JupyterHub.cleanup_proxy = True
-# The proxy: the Python port of configurable-http-proxy (PyPI, pinned in the `workshop` extra).
-c.ConfigurableHTTPProxy.command = [str(VENV_BIN / "configurable-http-proxy")]
+# The proxy: the Python port of configurable-http-proxy (PyPI, pinned in the `workshop` extra), started
+# through workshop/tls_proxy.py, which adds the https its CLI does not do yet.
+c.ConfigurableHTTPProxy.command = [sys.executable, str(REPO / "workshop" / "tls_proxy.py")]
 c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{setting('WORKSHOP_PROXY_API_PORT', c.JupyterHub.port + 1)}"
 c.ConfigurableHTTPProxy.pid_file = str(STATE / "proxy.pid")
 
@@ -93,11 +127,31 @@ c.JupyterHub.authenticator_class = "pam"
 c.Authenticator.allowed_groups = {GROUP}
 c.Authenticator.admin_users = {u for u in setting("WORKSHOP_ADMINS", "").split(",") if u}
 c.PAMAuthenticator.open_sessions = False  # no systemd-logind sessions in containers; not needed
+c.JupyterHub.services, c.JupyterHub.load_roles = [], []
 # An API token for the instructor's scripts (and the rehearsal test): manage servers, read users.
 if os.environ.get("WORKSHOP_API_TOKEN"):
-    c.JupyterHub.services = [{"name": "instructor", "api_token": os.environ["WORKSHOP_API_TOKEN"]}]
-    c.JupyterHub.load_roles = [{"name": "instructor", "services": ["instructor"],
-                                "scopes": ["admin:users", "admin:servers", "tokens", "list:users"]}]
+    c.JupyterHub.services.append({"name": "instructor", "api_token": os.environ["WORKSHOP_API_TOKEN"]})
+    c.JupyterHub.load_roles.append({"name": "instructor", "services": ["instructor"],
+                                    "scopes": ["admin:users", "admin:servers", "tokens", "list:users"]})
+
+# ---------------------------------------------------------------- idle culling
+# A kernel idle this long is shut down by its own server, also while the participant's tab is open
+# (cull_connected): that is the 7 GB kernel left at lunch. A whole server unused this long (the tab
+# closed, the participant gone) is stopped by jupyterhub-idle-culler. Files stay in the home; the next
+# Run of a training cell with resume_from="latest" continues from its last checkpoint.
+KERNEL_IDLE_S = round(float(setting("WORKSHOP_IDLE_MINUTES", "30")) * 60)
+SERVER_IDLE_S = round(float(setting("WORKSHOP_SERVER_IDLE_MINUTES", str(2 * KERNEL_IDLE_S / 60))) * 60)
+# How often both look (and how often servers report activity to the hub): a tenth of the kernel's
+# timeout, at most a minute, so a kernel is culled at most 10 % after its time.
+CULL_EVERY_S = max(1, min(60, KERNEL_IDLE_S // 10))
+c.JupyterHub.last_activity_interval = CULL_EVERY_S
+c.JupyterHub.services.append({
+    "name": "idle-culler",
+    "command": [sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={SERVER_IDLE_S}",
+                f"--cull-every={CULL_EVERY_S}"],
+})
+c.JupyterHub.load_roles.append({"name": "idle-culler", "services": ["idle-culler"],
+                                "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"]})
 
 
 # ---------------------------------------------------------------- one JupyterLab per participant
@@ -139,6 +193,9 @@ class WorkshopSpawner(LocalProcessSpawner):
 
 c.JupyterHub.spawner_class = WorkshopSpawner
 c.Spawner.cmd = [str(VENV_BIN / "jupyterhub-singleuser")]
+c.Spawner.args = [f"--MappingKernelManager.cull_idle_timeout={KERNEL_IDLE_S}",
+                  f"--MappingKernelManager.cull_interval={CULL_EVERY_S}",
+                  "--MappingKernelManager.cull_connected=True"]
 c.Spawner.notebook_dir = "~/ftlab-notebooks"
 c.Spawner.default_url = "/lab"
 c.Spawner.mem_limit = f"{int(MEM_LIMIT_GIB * 1024)}M"  # also exported to the server as MEM_LIMIT
@@ -153,4 +210,5 @@ c.Spawner.environment = {
     "PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin",
     "MALLOC_ARENA_MAX": "2",  # fewer glibc heaps: less address space and less retained memory per kernel
     "TOKENIZERS_PARALLELISM": "false",
+    "JUPYTERHUB_ACTIVITY_INTERVAL": str(CULL_EVERY_S),  # the server tells the hub it was used, this often
 }
