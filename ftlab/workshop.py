@@ -77,6 +77,8 @@ NOTEBOOK_STEPS: dict[str, list[Step]] = {
         Step("training playground run (LoRA at its default batch; fresh copy, base model kept)", "train", "run_batch",
              "lora", 1),
         Step("LoRA learning-rate runs (fresh copy; base model kept)", "train", "quick_batch", "lora", 1),
+        Step("your loop vs ftlab.train: full FT of a fresh copy, logits everywhere (base model and ftlab.train's "
+             "result kept)", "train", 2, "full", 2, logits="full"),
     ],
     "03_full_fine_tuning": [
         Step("training playground run (LoRA at its default batch; fresh copy, base model kept)", "train", "run_batch",
@@ -86,6 +88,8 @@ NOTEBOOK_STEPS: dict[str, list[Step]] = {
         Step("main full fine-tuning run of the base model", "train", "run_batch", "full", 0),
         Step("learning-rate runs: full FT of a fresh copy (tuned, overfit models and base weights kept)",
              "train", "run_batch", "full", 3),
+        Step("transformers' Trainer: full FT of a fresh copy, logits everywhere (tuned, overfit and ftlab.train's "
+             "models kept)", "train", 2, "full", 3, logits="full"),
     ],
     "04_lora_qlora": [
         Step("training playground run (LoRA at its default batch; fresh copy, base model kept)", "train", "run_batch",
@@ -96,11 +100,15 @@ NOTEBOOK_STEPS: dict[str, list[Step]] = {
         # frozen base with gradients through every layer: sized like LoRA
         Step("prompt-tuning run of the method table (fresh copy; base model kept)", "train", "run_batch", "lora", 1,
              logits="full"),
+        Step("peft + Trainer LoRA run, logits everywhere (base model and ftlab.train's LoRA model kept)", "train", 2,
+             "lora", 2, logits="full"),
     ],
     "05_instruction_tuning": [
         Step("second train_on run, train_on='all' (base model and first run kept)", "train", "batch_size", "lora", 2,
              logits="all"),
         Step("second end-of-turn run (base, two train_on runs and first stop run kept)", "train", "run_batch", "lora", 4),
+        Step("TRL SFTTrainer LoRA run on the chats, logits everywhere (base, four earlier runs and ftlab.train's run "
+             "kept)", "train", 2, "lora", 6, logits="full", data="chat"),
     ],
     "06_evaluation": [
         Step("LoRA run after the full-FT run (base model and full-FT model kept)", "train", "run_batch", "lora", 2),

@@ -217,3 +217,157 @@ def _adam_first_step():
     v = (1 - b2) * g**2
     m_hat, v_hat = m / (1 - b1**1), v / (1 - b2**1)  # bias correction: m_hat = g, v_hat = g^2
     return lr * m_hat / (math.sqrt(v_hat) + eps)  # ≈ lr = 1e-3
+
+
+# --------------------------------------------------------------------------- the loop (notebook 02)
+
+
+def _tiny_run(seed: int):
+    """A fresh (model, steps, optimizer, scheduler) for checking a training loop: a two-layer toy LM whose
+    ``model(input_ids=..., attention_mask=...)`` returns an object with ``.logits``, like transformers'."""
+    import types
+
+    import torch
+
+    class TinyLM(torch.nn.Module):
+        def __init__(self, vocab=13, dim=8):
+            super().__init__()
+            self.embed, self.head = torch.nn.Embedding(vocab, dim), torch.nn.Linear(dim, vocab)
+
+        def forward(self, input_ids, attention_mask=None, **_):
+            h = self.embed(input_ids).cumsum(1)  # each position sees its past (a causal toy)
+            return types.SimpleNamespace(logits=self.head(torch.tanh(h)))
+
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = TinyLM()
+
+    def micro(rows, length, n_prompt):  # prompt tokens are masked, as in SFT
+        ids = torch.randint(0, 13, (rows, length), generator=g)
+        labels = ids.clone()
+        labels[:, :n_prompt] = -100
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+    # Micro-batches of one step differ in trained tokens, so averaging their means gives another loss.
+    steps = [[micro(2, 9, 2), micro(3, 5, 3)] for _ in range(4)]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.01)
+    warmup, total = 1, len(steps)  # warmup then cosine, as ftlab's build_scheduler
+
+    def factor(k):
+        return k / warmup if k < warmup else 0.5 * (1 + math.cos(math.pi * (k - warmup) / (total - warmup)))
+
+    return model, steps, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class Loop:
+    """The answer is a training loop ``fn(model, steps, optimizer, scheduler, max_grad_norm)`` returning the
+    loss of each step; it and the worked solution each train a fresh toy model, and the losses and the final
+    weights are compared (a loop changes its model, so the ordinary Function checker cannot be used)."""
+
+    cases = ((0, 1.0), (1, 0.05))  # (seed, max_grad_norm): 0.05 clips every step, 1.0 some
+
+    def _run(self, fn, seed, max_norm):
+        model, steps, optimizer, scheduler = _tiny_run(seed)
+        losses = [float(x) for x in fn(model, steps, optimizer, scheduler, max_norm)]
+        return losses, [p.detach().clone() for p in model.parameters()]
+
+    def _same(self, a, b):
+        import torch
+
+        return len(a[0]) == len(b[0]) and all(abs(x - y) <= 1e-5 for x, y in zip(a[0], b[0])) and \
+            all(torch.allclose(p, q, atol=1e-5) for p, q in zip(a[1], b[1]))
+
+    def __call__(self, answer, solution_fn, mistakes) -> tuple[bool, str]:
+        if not callable(answer):
+            return False, f"expected a function, got {type(answer).__name__}."
+        try:
+            got = [self._run(answer, *case) for case in self.cases]
+        except Exception as error:  # the learner's code: report, don't crash the cell
+            return False, f"your loop raised {type(error).__name__}: {error}"
+        want = [self._run(solution_fn(), *case) for case in self.cases]
+        if all(self._same(g, w) for g, w in zip(got, want)):
+            return True, f"same losses and same final weights as the reference loop on {len(self.cases)} toy runs!"
+        for wrong_fn, hint in mistakes:
+            if all(self._same(g, self._run(wrong_fn(), *case)) for g, case in zip(got, self.cases)):
+                return False, f"your losses {[round(x, 4) for x in got[0][0]]} differ from the reference's.\n   Hint: {hint}"
+        same_losses = all(len(g[0]) == len(w[0]) and all(abs(x - y) <= 1e-5 for x, y in zip(g[0], w[0]))
+                          for g, w in zip(got, want))
+        where = "the final weights differ (the update)" if same_losses else "the losses differ"
+        return False, (f"{where}: yours {[round(x, 4) for x in got[0][0]]}, reference {[round(x, 4) for x in want[0][0]]}. "
+                       "Check the order: all backward()s of the step, then clip, optimizer.step(), scheduler.step(), zero_grad().")
+
+
+def _wrong_loop(mean_of_means=False, clip=True, schedule=True, zero=True):
+    import torch
+    import torch.nn.functional as F
+
+    def loop(model, steps, optimizer, scheduler, max_grad_norm=1.0):
+        losses = []
+        for micro_batches in steps:
+            n_trained = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro_batches)
+            total = 0.0
+            for b in micro_batches:
+                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+                targets = b["labels"][:, 1:]
+                loss_sum = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
+                                           ignore_index=-100, reduction="sum")
+                n = int((targets != -100).sum()) * len(micro_batches) if mean_of_means else n_trained
+                (loss_sum / n).backward()
+                total += loss_sum.item() / n
+            if clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+            optimizer.step()
+            if schedule:
+                scheduler.step()
+            if zero:
+                optimizer.zero_grad()
+            losses.append(total)
+        return losses
+
+    return loop
+
+
+@exercise(
+    "loop.sft_loop", Loop(),
+    question="Write sft_loop(model, steps, optimizer, scheduler, max_grad_norm): `steps` is a list of optimizer "
+             "steps, each a list of micro-batches (dicts with input_ids, attention_mask, labels; -100 = not "
+             "trained). Train one step per item and return the list of step losses (mean over the step's "
+             "trained tokens).",
+    mistakes=[
+        (lambda: _wrong_loop(mean_of_means=True),
+         "You averaged each micro-batch on its own, then averaged the means. Divide every micro-batch's summed "
+         "loss by the trained tokens of the *whole step* (count them first, over all its micro-batches)."),
+        (lambda: _wrong_loop(clip=False), "The gradient is never clipped: call torch.nn.utils.clip_grad_norm_("
+                                          "model.parameters(), max_grad_norm) after the backward()s, before step()."),
+        (lambda: _wrong_loop(schedule=False), "The learning rate never moves from its first value (0 during "
+                                              "warmup): call scheduler.step() after every optimizer.step()."),
+        (lambda: _wrong_loop(zero=False), "Gradients pile up from one step into the next: call "
+                                          "optimizer.zero_grad() after every optimizer.step()."),
+    ],
+    explanation="This is ftlab.train's train_step, minus devices, logging and checkpoints.",
+)
+def _sft_loop():
+    import torch
+    import torch.nn.functional as F
+
+    def sft_loop(model, steps, optimizer, scheduler, max_grad_norm=1.0):
+        losses = []
+        for micro_batches in steps:  # one item = one optimizer step
+            # The denominator: trained tokens of the whole step (position t predicts label t+1).
+            n_trained = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro_batches)
+            step_loss = 0.0
+            for b in micro_batches:
+                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+                targets = b["labels"][:, 1:]  # shift: the label of the next position
+                loss_sum = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
+                                           ignore_index=-100, reduction="sum")
+                (loss_sum / n_trained).backward()  # gradients add up over the micro-batches
+                step_loss += loss_sum.item() / n_trained
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)  # rescale if the norm is larger
+            optimizer.step()
+            scheduler.step()  # the learning rate of the next step
+            optimizer.zero_grad()  # start the next step from zero gradients
+            losses.append(step_loss)
+        return losses
+
+    return sft_loop

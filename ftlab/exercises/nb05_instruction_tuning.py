@@ -74,3 +74,81 @@ def _mask_end_of_turn():
 )
 def _never_stops():
     return "b"  # masking the end-of-turn label (a classic when pad == eos) removes the only 'stop here' signal
+
+
+# --------------------------------------------------------------------------- assistant-only labels by hand (craft)
+
+_MULTI_TURN = [
+    [{"role": "user", "content": "Category of: 'my card was charged twice'?"},
+     {"role": "assistant", "content": "billing"}],
+    [{"role": "system", "content": "Answer with one word."},
+     {"role": "user", "content": "Category of: 'my card was charged twice'?"},
+     {"role": "assistant", "content": "billing"},
+     {"role": "user", "content": "And: 'the parcel never arrived'?"},
+     {"role": "assistant", "content": "shipping"}],
+    [{"role": "user", "content": "Rewrite politely: send it now."},
+     {"role": "assistant", "content": "Could you please send it today?"},
+     {"role": "user", "content": "Shorter."},
+     {"role": "assistant", "content": "Please send it today."},
+     {"role": "user", "content": "Thanks!"},
+     {"role": "assistant", "content": "You're welcome."}],
+]
+
+
+def _label_cases():
+    tok = _smollm2_tokenizer()
+    return [(messages, tok) for messages in _MULTI_TURN]
+
+
+def _wrong_labels(kind):
+    def labels_of(messages, tokenizer):
+        ids = tokenizer(tokenizer.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"]
+        if kind == "all":
+            return list(ids)
+        end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        labels = [-100] * len(ids)
+        turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        for i in turns[-1:] if kind == "last" else turns:
+            prompt = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=kind != "header")
+            start = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            stop = ids.index(end_id, start) + (0 if kind == "no_end" else 1)
+            labels[start:stop] = ids[start:stop]
+        return labels
+
+    return labels_of
+
+
+@exercise(
+    "templates.assistant_labels", Function(_label_cases, rtol=0, atol=0),
+    question="Write assistant_labels(messages, tokenizer): the labels of the tokens of "
+             "tokenizer(tokenizer.apply_chat_template(messages, tokenize=False), add_special_tokens=False): "
+             "every assistant answer and its <|im_end|> keep their token id, every other token gets -100.",
+    mistakes=[
+        (lambda: _wrong_labels("all"), "Every token is trained, the prompt too (what DataCollatorForLanguageModeling "
+                                       "does): set the labels of everything outside the answers to -100."),
+        (lambda: _wrong_labels("no_end"), "The end-of-turn token <|im_end|> after each answer is not trained, so the "
+                                          "model never learns to stop: include it in each answer's labels."),
+        (lambda: _wrong_labels("last"), "Only the last answer is trained; every assistant turn of a conversation is "
+                                        "an answer to learn from (loop over all of them)."),
+        (lambda: _wrong_labels("header"), "The '<|im_start|>assistant\\n' header is trained too: render the prompt "
+                                          "with add_generation_prompt=True, so the answer starts after the header."),
+    ],
+    explanation="tokenize_example builds these labels the same way for every chat template (with character spans).",
+)
+def _assistant_labels():
+    def assistant_labels(messages, tokenizer):
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        labels = [-100] * len(ids)  # nothing is trained ...
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            # ... except each answer: the prompt before it, with the "<|im_start|>assistant\n" cue, ends where it starts
+            prompt = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+            start = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            stop = ids.index(end_id, start) + 1  # the answer's own <|im_end|> is trained: it teaches the model to stop
+            labels[start:stop] = ids[start:stop]
+        return labels
+
+    return assistant_labels
