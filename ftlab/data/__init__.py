@@ -6,7 +6,7 @@ templates, loss masking); batching (padding, packing); course (the course datase
 """
 
 # The package's public names: imported from here by notebooks, tests and other packages.
-from ftlab.data.batching import (collate, compare_strategies, make_batches, measure_packing_effect,
+from ftlab.data.batching import (BatchStream, prepare_examples, collate, compare_strategies, make_batches, measure_packing_effect,
                                  model_inputs, pack_examples, padding_waste)
 from ftlab.data.course import LABELS, SYSTEM_PROMPT, TASKS, data_dir, load_course_data, mix_replay
 from ftlab.data.dedupe import drop_duplicates, jaccard, near_duplicate_pairs, record_text, shingles

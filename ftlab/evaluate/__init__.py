@@ -4,7 +4,7 @@ model comparison, forgetting probes and the LLM judge.
 
 # The package's public names: imported from here by notebooks, tests and other packages.
 from ftlab.evaluate.compare import compare_models, comparison_from_results, forgetting_report, probe_accuracy
-from ftlab.evaluate.generate import generate_answers, prepare_records, stop_token_ids
+from ftlab.evaluate.generate import generate_answers, prepare_records
 from ftlab.evaluate.harness import METRICS, evaluate_model, score_answers
 from ftlab.evaluate.judge import JUDGE_RUBRIC, LLMJudge
 from ftlab.evaluate.metrics.answers import (exact_match, is_valid_json, json_field_accuracy, normalize_answer,
