@@ -143,6 +143,32 @@ def test_tokenisation_matches_trl(tmp_path):
     assert {tok.decode(t) for t in ours["input_ids"][diff.bool()]} == {"\n"}
 
 
+@pytest.mark.parametrize("method,temperature", [("lora", 1.0), ("lora", 0.7), ("full", 1.0)])
+def test_lean_output_layer_gives_the_same_numbers(monkeypatch, method, temperature):
+    """With gradients, token_logprobs keeps no logits for the backward (``_KeptLogProbs``): its
+    log-probabilities and every gradient (the tied output layer's too, in full fine-tuning) equal
+    plain autograd's to the bit."""
+    import ftlab.align.logprobs as lp
+
+    model, tok = _lora_model() if method == "lora" else load_model("tiny")
+    if method == "lora":
+        _perturb(model)
+    batch = collate_preferences(tokenize_preferences(_pairs(4), tok), tok.pad_token_id)
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        per_token = lp.token_logprobs(model, batch, temperature=temperature)
+        (per_token.sum(-1) * torch.arange(1.0, per_token.shape[0] + 1)).sum().backward()
+        return per_token.detach(), _grads(model)
+
+    assert lp._plain_output_layer(model) is not None  # the lean path is the one taken
+    lean, lean_grads = run()
+    monkeypatch.setattr(lp, "_plain_output_layer", lambda m: None)
+    plain, plain_grads = run()
+    assert torch.equal(lean, plain) and lean_grads.keys() == plain_grads.keys()
+    assert all(torch.equal(lean_grads[n], plain_grads[n]) for n in plain_grads)
+
+
 # --------------------------------------------------------------------------- ORPO parity
 
 
