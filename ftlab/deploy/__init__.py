@@ -1,6 +1,7 @@
-"""Part 5: deployment. Merge an adapter, export to GGUF and quantise, prove the answers survived,
-write a model card, serve with ``transformers serve`` behind an OpenAI-compatible API, load-test it,
-and monitor what it answers.
+"""Part 5: deployment. Merge an adapter, export to GGUF and quantise, prove the answers survived (in
+transformers and in llama.cpp itself), write a model card and an Ollama Modelfile, serve with
+``transformers serve`` and ``llama_cpp.server`` behind OpenAI-compatible APIs, load-test them, and
+monitor what the model answers.
 """
 
 from ftlab._lazy import lazy_exports
@@ -19,7 +20,17 @@ _EXPORTS = {
     "chat_request_problem": "launch",
     "percentile": "loadtest", "run_load": "loadtest", "summarize": "loadtest", "format_load_table": "loadtest",
     "RequestLog": "monitor", "rolling": "monitor", "drift_report": "monitor",
-    "render_model_card": "model_card", "write_model_card": "model_card",
+    "render_model_card": "model_card", "write_model_card": "model_card", "load_frame": "loadtest",
+    "LLAMA_CPP_AVAILABLE": "llamacpp", "llama_cpp_check": "llamacpp", "open_gguf": "llamacpp",
+    "render_chat": "llamacpp", "compare_tokens": "llamacpp", "greedy_tokens": "llamacpp",
+    "compare_greedy": "llamacpp", "compare_logits_llama": "llamacpp", "perplexity_llama": "llamacpp",
+    "evaluate_llama": "llamacpp", "llama_doctor_check": "llamacpp",
+    "LLAMA_FTYPES": "quantize", "PUBLISHED_LLAMA3_8B": "quantize", "PUBLISHED_SOURCE": "quantize",
+    "published_table": "quantize", "quantize_gguf": "quantize", "tensor_types": "quantize",
+    "type_summary": "quantize", "bits_per_weight": "quantize", "raw_tensor_bytes": "quantize",
+    "LlamaCppServer": "llamacpp_server",
+    "write_modelfile": "ollama", "read_modelfile": "ollama", "gguf_chat_metadata": "ollama",
+    "render_modelfile_prompt": "ollama", "jinja_prompt": "ollama",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
