@@ -286,7 +286,7 @@ def test_llama_cpp_reads_the_export_like_transformers(merged, tok, llama_f32):
     tokens = compare_tokens(llama_f32, tok, PROMPTS, system=SYSTEM_PROMPT)
     assert tokens["equal"] == tokens["template_equal"] == len(PROMPTS), tokens["first_mismatch"]
     logits = compare_logits_llama(llama_f32, merged, tok, PROMPTS, system=SYSTEM_PROMPT)
-    assert logits["top1_agreement"] == 1.0 and logits["max_abs_diff"] < 1e-2, logits
+    assert logits["top1_agreement"] == 1.0 and logits["relative_max_diff"] < 1e-2, logits   # fp16 KV cache, F32 weights
     rows = compare_greedy(llama_f32, merged, tok, PROMPTS, max_new_tokens=12, system=SYSTEM_PROMPT)
     for r in rows:  # an F32 file: the same greedy answer, token for token, as transformers gives
         assert r["equal"] and r["llama"] == r["hf"], r

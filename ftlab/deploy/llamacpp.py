@@ -38,22 +38,25 @@ def llama_cpp_check() -> tuple[bool, str, str]:
     import importlib.metadata as md
 
     try:
-        have = md.version("llama-cpp-python")
-    except md.PackageNotFoundError:
-        return False, "llama-cpp-python not installed (notebook 08 skips its llama.cpp parts)", BUILD_HINT
-    try:
         import llama_cpp  # loads libllama.so: a broken build fails here, not at pip time
     except Exception as e:  # noqa: BLE001 - OSError from ctypes, ImportError, ...: all mean "not usable"
+        try:
+            have = md.version("llama-cpp-python")
+        except md.PackageNotFoundError:
+            return False, "llama-cpp-python not installed (notebook 08 skips its llama.cpp parts)", BUILD_HINT
         return False, f"llama-cpp-python {have} installed but its library does not load ({type(e).__name__}: {e})", \
             f"pip uninstall -y llama-cpp-python && {BUILD_HINT}"
+    have = getattr(llama_cpp, "__version__", "?")
     if have != LLAMA_CPP_PIN:
         return False, f"llama-cpp-python {have} (course pins {LLAMA_CPP_PIN})", BUILD_HINT
-    return True, f"llama-cpp-python {have}, llama.cpp system info: {_system_info(llama_cpp)}", ""
+    return True, f"llama-cpp-python {have}; {_system_info(llama_cpp)}", ""
 
 
 def _system_info(llama_cpp) -> str:
+    """The instruction sets llama.cpp was built with, e.g. 'CPU: AVX2 FMA F16C ...'."""
     info = llama_cpp.llama_print_system_info().decode(errors="replace")
-    return " ".join(part for part in info.split("|") if "= 1" in part or "CPU" in part).strip()[:120]
+    flags = [part.split("=")[0].strip().split(":")[-1].strip() for part in info.split("|") if part.strip().endswith("= 1")]
+    return "CPU: " + " ".join(flags)
 
 
 def _available() -> bool:
@@ -240,22 +243,27 @@ def compare_logits_llama(llm, model, tokenizer, prompts, system=None) -> dict:
     """llama.cpp's logits against the transformers ``model``'s on the same chat prompts, every position.
 
     Returns ``max_abs_diff``, ``mean_abs_diff``, ``top1_agreement`` (share of positions with the same
-    argmax) and ``positions``: the same measures as :func:`ftlab.deploy.compare_logits`.
+    argmax) and ``positions``, as :func:`ftlab.deploy.compare_logits` does, plus ``max_abs_logit`` and
+    ``relative_max_diff`` (the largest difference over the largest logit). Even for an F32 file the
+    logits are not bit-equal: llama.cpp keeps the attention keys and values (the KV cache) in fp16 by
+    default and sums in another order.
     """
     import torch
 
-    max_diff, sum_diff, n_values, agree, n_pos = 0.0, 0.0, 0, 0, 0
+    max_diff, sum_diff, n_values, agree, n_pos, scale = 0.0, 0.0, 0, 0, 0, 0.0
     for p in prompts:
         ids = _hf_prompt_ids(tokenizer, _messages(p, system))
         ours = llama_logits(llm, ids)
         with torch.no_grad():
             theirs = model(torch.tensor([ids])).logits[0].float().numpy()
         diff = np.abs(ours - theirs[:, :ours.shape[1]])
+        scale = max(scale, float(np.abs(theirs).max()))
         max_diff, sum_diff, n_values = max(max_diff, float(diff.max())), sum_diff + float(diff.sum()), n_values + diff.size
         agree += int((ours.argmax(-1) == theirs.argmax(-1)).sum())
         n_pos += len(ids)
     return {"max_abs_diff": max_diff, "mean_abs_diff": sum_diff / max(1, n_values),
-            "top1_agreement": agree / max(1, n_pos), "positions": n_pos}
+            "top1_agreement": agree / max(1, n_pos), "positions": n_pos, "max_abs_logit": scale,
+            "relative_max_diff": max_diff / max(scale, 1e-12)}
 
 
 def perplexity_llama(llm, tokenizer, records) -> dict:

@@ -6,7 +6,9 @@ same ``openai`` client code and the same load test drive both servers. The chat 
 token come from the GGUF file itself (``chat_format`` is left unset, so llama-cpp-python uses the
 file's ``tokenizer.chat_template`` and stops at its end-of-sequence token). Requests are answered one
 at a time (one model context): extra clients queue, as with ``transformers serve`` without batching.
-Malformed bodies are rejected by the server's request schema with 422 before any model code runs.
+llama_cpp.server answers a malformed body (``messages`` not a list...) with 500, so ``python -m
+ftlab.deploy.llamacpp_server`` runs its app with the same request check as ``ftlab.deploy.launch`` puts in
+front of transformers serve: 400 with a reason, before any model code runs.
 One difference to know: its default ``repeat_penalty`` is 1.1, so "temperature 0" is not greedy decoding
 unless the request sets ``repeat_penalty`` to 1.0 (``extra_body``; :attr:`LlamaCppServer.extra_body`).
 """
@@ -61,10 +63,11 @@ class LlamaCppServer(ModelServer):
     def _command(self) -> list[str]:
         import os
 
-        return [sys.executable, "-m", "llama_cpp.server", "--model", str(self.gguf_path), "--model_alias", self.model,
+        return [sys.executable, "-m", "ftlab.deploy.llamacpp_server", "--model", str(self.gguf_path),
+                "--model_alias", self.model,
                 "--host", self.host, "--port", str(self.port), "--n_ctx", str(self.n_ctx),
                 "--n_gpu_layers", str(self.n_gpu_layers),
-                "--n_threads", str(self.threads or os.cpu_count() or 1), "--verbose", "False"]
+                "--n_threads", str(self.threads or os.cpu_count() or 1)]
 
     def health(self, timeout: float = 2.0) -> int | None:
         """The HTTP status of ``GET /v1/models`` (llama_cpp.server has no ``/health``), or None."""
@@ -75,3 +78,35 @@ class LlamaCppServer(ModelServer):
             return e.code
         except (urllib.error.URLError, OSError):
             return None
+
+
+def main(argv=None) -> None:
+    """``python -m ftlab.deploy.llamacpp_server --model F.gguf --port N ...``: llama_cpp.server's app, guarded."""
+    import argparse
+    import os
+
+    import uvicorn
+    from llama_cpp.server.app import create_app
+    from llama_cpp.server.settings import ModelSettings, ServerSettings
+
+    from ftlab.deploy.launch import _exit_with_parent, add_chat_guard
+
+    p = argparse.ArgumentParser(prog="python -m ftlab.deploy.llamacpp_server")
+    for name, kind in (("--model", str), ("--model_alias", str), ("--host", str), ("--port", int), ("--n_ctx", int),
+                       ("--n_gpu_layers", int), ("--n_threads", int)):
+        p.add_argument(name, type=kind, required=True)
+    args = p.parse_args(argv)
+    if args.host not in LOCALHOST:
+        raise SystemExit(f"refusing to bind {args.host}: the server has no authentication")
+    if os.environ.get("FTLAB_PARENT_PID", "").isdigit():
+        _exit_with_parent(int(os.environ["FTLAB_PARENT_PID"]))
+    app = create_app(server_settings=ServerSettings(host=args.host, port=args.port),
+                     model_settings=[ModelSettings(model=args.model, model_alias=args.model_alias, n_ctx=args.n_ctx,
+                                                   n_gpu_layers=args.n_gpu_layers, n_threads=args.n_threads,
+                                                   verbose=False)])
+    add_chat_guard(app)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -86,17 +86,34 @@ def quantize_gguf(source, dest, qtype: str, nthread: int = 0) -> dict:
     return {"path": dest, "log": text, "fallbacks": fallbacks}
 
 
-def _header(path):
-    from transformers.integrations.gguf.reader import GgufHeader
+def _tensors(path) -> tuple[list[dict], int]:
+    """``([{name, shape, type, offset, nbytes}], data_start)`` from a GGUF header, any ggml type.
 
-    return GgufHeader.from_file(str(path))
+    transformers' reader skips the vocabulary quickly but refuses types it cannot de-quantise (Q5_0,
+    Q5_1), so we use its low-level table reader and compute the sizes with gguf's block sizes.
+    """
+    import gguf
+    from transformers.integrations.gguf.reader import _mapped, _read_metadata, _read_tensor_table
+
+    blob = _mapped(str(path))
+    metadata, count, pos = _read_metadata(blob, str(path))
+    entries, end = _read_tensor_table(blob, count, pos)
+    align = int(metadata.get("general.alignment", 32))
+    out = []
+    for name, shape, ggml_type, offset in entries:
+        qtype = gguf.GGMLQuantizationType(ggml_type)
+        block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        n = 1
+        for d in shape:
+            n *= int(d)
+        out.append({"name": name, "shape": shape, "type": qtype.name, "offset": offset, "n": n,
+                    "nbytes": n // block * type_size})
+    return out, (end + align - 1) // align * align
 
 
 def tensor_types(path) -> dict[str, str]:
     """``{tensor name: stored type}`` read from a GGUF file's header."""
-    import gguf
-
-    return {t.name: gguf.GGMLQuantizationType(t.ggml_type).name for t in _header(path).tensors}
+    return {t["name"]: t["type"] for t in _tensors(path)[0]}
 
 
 def type_summary(path) -> dict[str, str]:
@@ -111,19 +128,17 @@ def type_summary(path) -> dict[str, str]:
 
 def bits_per_weight(path) -> float:
     """Real bits per weight of a file: bytes of all tensors x 8 over their number of values (metadata not counted)."""
-    import numpy as np
-
-    tensors = _header(path).tensors
-    return 8 * sum(int(t.nbytes) for t in tensors) / sum(int(np.prod(t.shape)) for t in tensors)
+    tensors, _ = _tensors(path)
+    return 8 * sum(t["nbytes"] for t in tensors) / sum(t["n"] for t in tensors)
 
 
 def raw_tensor_bytes(path, name: str) -> bytes:
     """The stored bytes of one tensor, exactly as written (for comparing two writers)."""
     import numpy as np
 
-    header = _header(path)
-    info = next((t for t in header.tensors if t.name == name), None)
+    tensors, data_start = _tensors(path)
+    info = next((t for t in tensors if t["name"] == name), None)
     if info is None:
         raise KeyError(f"{path}: no tensor {name!r}")
-    start = header.data_start + info.offset
-    return bytes(np.memmap(path, mode="r", dtype=np.uint8)[start:start + info.nbytes])
+    start = data_start + info["offset"]
+    return bytes(np.memmap(path, mode="r", dtype=np.uint8)[start:start + info["nbytes"]])
