@@ -100,7 +100,9 @@ def main(argv=None) -> None:
         raise SystemExit(f"refusing to bind {args.host}: the server has no authentication")
     if os.environ.get("FTLAB_PARENT_PID", "").isdigit():
         _exit_with_parent(int(os.environ["FTLAB_PARENT_PID"]))
-    app = create_app(server_settings=ServerSettings(host=args.host, port=args.port),
+    # interrupt_requests=False: by default a new request aborts the one being streamed, so concurrent clients
+    # would cut each other off; we want them to queue.
+    app = create_app(server_settings=ServerSettings(host=args.host, port=args.port, interrupt_requests=False),
                      model_settings=[ModelSettings(model=args.model, model_alias=args.model_alias, n_ctx=args.n_ctx,
                                                    n_gpu_layers=args.n_gpu_layers, n_threads=args.n_threads,
                                                    verbose=False)])

@@ -75,9 +75,20 @@ def quantize_gguf(source, dest, qtype: str, nthread: int = 0) -> dict:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = LLAMA_FTYPES[qtype]
     params.nthread = nthread
-    with captured_stderr() as log:
-        code = llama_cpp.llama_model_quantize(str(source).encode(), str(dest).encode(), params)
-    text = log[0]
+    import contextlib
+    import io
+    import logging
+
+    from llama_cpp._logger import logger  # llama.cpp's log goes through this logger to Python's sys.stderr
+
+    level, py_log = logger.level, io.StringIO()
+    logger.setLevel(logging.WARNING)  # opening a model quietly sets ERROR, which would hide the fallback warnings
+    try:
+        with captured_stderr() as log, contextlib.redirect_stderr(py_log):
+            code = llama_cpp.llama_model_quantize(str(source).encode(), str(dest).encode(), params)
+    finally:
+        logger.setLevel(level)
+    text = py_log.getvalue() + log[0]
     if code != 0:
         raise RuntimeError(f"quantize_gguf: llama.cpp failed ({code}) quantising {source} to {qtype}:\n{text[-2000:]}")
     fallbacks = [(m.group(1), m.group(2).strip(), m.group(3).strip()) for m in re.finditer(
