@@ -112,7 +112,19 @@ def open_gguf(path, *, n_ctx: int = 1024, logits_all: bool = True, n_threads: in
     if not path.exists():
         raise FileNotFoundError(f"open_gguf: {path} does not exist. Fix: write it with export_gguf() or quantize_gguf().")
     return llama_cpp.Llama(str(path), n_ctx=n_ctx, logits_all=logits_all, verbose=False, seed=0,
-                           n_threads=n_threads or max(1, os.cpu_count() or 1), n_gpu_layers=n_gpu_layers)
+                           n_threads=n_threads or default_threads(), n_gpu_layers=n_gpu_layers)
+
+
+def default_threads() -> int:
+    """llama.cpp threads: every core on an idle machine, 1 on a busy one.
+
+    llama.cpp's threads meet at a barrier several times per layer and spin while they wait; when other
+    processes already keep every core busy, a descheduled thread makes the others spin for a whole time
+    slice, and generation gets many times slower than with one thread. (The results do not depend on the
+    thread count: threads split the rows of each matrix, not the sums.)
+    """
+    cores = os.cpu_count() or 1
+    return 1 if os.getloadavg()[0] >= cores else cores
 
 
 def gguf_chat_template(llm) -> str:
@@ -152,10 +164,12 @@ def llama_tokens(llm, text: str) -> list[int]:
 def compare_tokens(llm, tokenizer, prompts, system=None) -> dict:
     """Render each prompt with the file's template, tokenise with llama.cpp and with the HF tokenizer.
 
-    Returns ``{"prompts", "equal" (prompts whose tokens are identical), "tokens", "template_equal",
-    "first_mismatch"}``; the rendered text is also compared with the HF tokenizer's template.
+    Returns ``{"prompts", "equal" (prompts whose tokens are identical), "tokens", "template_equal" (the
+    file's template renders the HF template's text), "same_text" (both token lists decode to the same text:
+    a mismatch is then a different *segmentation*, e.g. llama.cpp's pre-tokenizer keeps "\\n\\n" before a digit
+    as one token where HF splits it), "first_mismatch"}``.
     """
-    equal, tokens, template_equal, first = 0, 0, 0, None
+    equal, tokens, template_equal, same_text, first = 0, 0, 0, 0, None
     for i, p in enumerate(prompts):
         messages = _messages(p, system)
         text = render_chat(llm, messages)
@@ -163,13 +177,16 @@ def compare_tokens(llm, tokenizer, prompts, system=None) -> dict:
         template_equal += text == hf_text
         ours, theirs = llama_tokens(llm, text), tokenizer(text, add_special_tokens=False)["input_ids"]
         tokens += len(theirs)
+        same_text += llm.detokenize(ours, special=True).decode(errors="replace") == tokenizer.decode(theirs)
         if ours == theirs:
             equal += 1
         elif first is None:
             k = next((j for j, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
-            first = {"prompt": i, "position": k, "llama": ours[k:k + 5], "hf": theirs[k:k + 5]}
+            first = {"prompt": i, "position": k, "llama": [llm.detokenize([t], special=True).decode(errors="replace")
+                                                            for t in ours[k:k + 3]],
+                     "hf": [tokenizer.decode([t]) for t in theirs[k:k + 3]]}
     return {"prompts": len(prompts), "equal": equal, "tokens": tokens, "template_equal": template_equal,
-            "first_mismatch": first}
+            "same_text": same_text, "first_mismatch": first}
 
 
 def greedy_tokens(llm, prompt_ids, max_new_tokens: int) -> tuple[list[int], bool, float]:

@@ -61,13 +61,13 @@ class LlamaCppServer(ModelServer):
         return self.gguf_path.stem  # the alias the server answers to
 
     def _command(self) -> list[str]:
-        import os
+        from ftlab.deploy.llamacpp import default_threads
 
         return [sys.executable, "-m", "ftlab.deploy.llamacpp_server", "--model", str(self.gguf_path),
                 "--model_alias", self.model,
                 "--host", self.host, "--port", str(self.port), "--n_ctx", str(self.n_ctx),
                 "--n_gpu_layers", str(self.n_gpu_layers),
-                "--n_threads", str(self.threads or os.cpu_count() or 1)]
+                "--n_threads", str(self.threads or default_threads())]
 
     def health(self, timeout: float = 2.0) -> int | None:
         """The HTTP status of ``GET /v1/models`` (llama_cpp.server has no ``/health``), or None."""
