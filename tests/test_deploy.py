@@ -266,3 +266,101 @@ def test_continuous_batching_server_and_a_crash_mid_request(served, tok, tmp_pat
         t.join(timeout=60)
         assert not t.is_alive(), "the client hung after the server died"
         assert errors and "exited with code" in str(errors[0])
+
+
+# --------------------------------------------------------------------------- llama.cpp itself
+
+
+@pytest.fixture(scope="module")
+def llama_f32(merged, tok, exported):
+    """The merged tiny model's F32 export, opened by llama.cpp (the build is part of `make setup`)."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python did not build here: `ftlab doctor` says how to fix it")
+    from ftlab.deploy import open_gguf
+
+    return open_gguf(exported["F32"], n_ctx=256)
+
+
+def test_llama_cpp_reads_the_export_like_transformers(merged, tok, llama_f32):
+    from ftlab.deploy import compare_greedy, compare_logits_llama, compare_tokens
+
+    tokens = compare_tokens(llama_f32, tok, PROMPTS, system=SYSTEM_PROMPT)
+    assert tokens["equal"] == tokens["template_equal"] == len(PROMPTS), tokens["first_mismatch"]
+    logits = compare_logits_llama(llama_f32, merged, tok, PROMPTS, system=SYSTEM_PROMPT)
+    assert logits["top1_agreement"] == 1.0 and logits["relative_max_diff"] < 1e-2, logits   # fp16 KV cache, F32 weights
+    rows = compare_greedy(llama_f32, merged, tok, PROMPTS, max_new_tokens=12, system=SYSTEM_PROMPT)
+    for r in rows:  # an F32 file: the same greedy answer, token for token, as transformers gives
+        assert r["equal"] and r["llama"] == r["hf"], r
+        assert len(set(r["llama"].split())) > 1
+
+
+def test_ftlab_q4_0_bytes_equal_llama_cpp_q4_0(tok, exported, tmp_path):
+    pytest.importorskip("llama_cpp")
+    from ftlab.deploy import quantize_gguf, raw_tensor_bytes, tensor_types
+
+    ours = exported["Q4_0"]
+    theirs = quantize_gguf(exported["F32"], tmp_path / "llama-q4_0.gguf", "Q4_0")["path"]
+    types = tensor_types(theirs)
+    assert types["blk.0.attn_q.weight"] == "Q4_0" and types["blk.1.ffn_down.weight"] == "Q4_0"
+    for name in ("blk.0.attn_q.weight", "blk.0.ffn_up.weight", "blk.1.ffn_down.weight"):
+        assert raw_tensor_bytes(ours, name) == raw_tensor_bytes(theirs, name), name
+
+
+def test_k_quants_fall_back_where_rows_do_not_divide_by_256(tok, tmp_path):
+    pytest.importorskip("llama_cpp")
+    from ftlab.deploy import bits_per_weight, quantize_gguf, tensor_types
+
+    narrow = export_gguf(lively_tiny(tok), tmp_path / "narrow.gguf", "F32", tokenizer=tok)   # hidden 64
+    wide = export_gguf(lively_tiny(tok, hidden_size=256, intermediate_size=512), tmp_path / "wide.gguf", "F32",
+                       tokenizer=tok)
+    q = quantize_gguf(narrow, tmp_path / "narrow-q4km.gguf", "Q4_K_M")
+    types = tensor_types(q["path"])
+    assert types["blk.0.attn_q.weight"] == "Q5_0" and types["token_embd.weight"] == "Q8_0"   # 64 % 256 != 0
+    assert ("blk.0.attn_q.weight", "q4_K", "q5_0") in q["fallbacks"]
+    wide_types = tensor_types(quantize_gguf(wide, tmp_path / "wide-q4km.gguf", "Q4_K_M")["path"])
+    assert wide_types["blk.0.attn_q.weight"] == "Q4_K" and wide_types["token_embd.weight"] == "Q6_K"
+    assert 4.0 < bits_per_weight(tmp_path / "wide-q4km.gguf") < bits_per_weight(q["path"]) < 9.0
+
+
+def test_modelfile_carries_the_gguf_template_and_stop(tok, exported, tmp_path):
+    from ftlab.deploy import gguf_chat_metadata, jinja_prompt, read_modelfile, render_modelfile_prompt, write_modelfile
+
+    path = write_modelfile(exported["Q8_0"], tmp_path / "Modelfile", system=SYSTEM_PROMPT)
+    mf, meta = read_modelfile(path), gguf_chat_metadata(exported["Q8_0"])
+    assert mf["from"] == f"./{exported['Q8_0'].name}" and mf["system"] == SYSTEM_PROMPT
+    assert mf["stop"] == [meta["eos_token"]] == ["<|im_end|>"]
+    expected = tok.apply_chat_template([{"role": "system", "content": SYSTEM_PROMPT},
+                                        {"role": "user", "content": PROMPTS[0]}], add_generation_prompt=True,
+                                       tokenize=False)
+    assert render_modelfile_prompt(mf["template"], SYSTEM_PROMPT, PROMPTS[0]) == expected
+    assert jinja_prompt(exported["Q8_0"], SYSTEM_PROMPT, PROMPTS[0]) == expected
+
+
+def test_llama_cpp_server_answers_rejects_and_stops(merged, tok, exported, llama_f32, tmp_path):
+    from ftlab.deploy import LlamaCppServer, greedy_tokens, render_chat, run_load
+    from ftlab.deploy.llamacpp import llama_tokens
+
+    with pytest.raises(ValueError, match="authentication"):
+        LlamaCppServer(exported["F32"], host="0.0.0.0")
+    server = LlamaCppServer(exported["F32"], n_ctx=512, log_path=tmp_path / "llama.log").start()
+    try:
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": PROMPTS[1]}]
+        ids, _, _ = greedy_tokens(llama_f32, llama_tokens(llama_f32, render_chat(llama_f32, messages)), 10)
+        served = chat_completion(server.client(timeout=60), server.model, PROMPTS[1], system=SYSTEM_PROMPT,
+                                 max_tokens=10, server=server)   # sends repeat_penalty=1.0: greedy
+        assert served["text"] == llama_f32.detokenize(ids).decode() and served["completion_tokens"] == 10
+        status, _ = post_json(f"{server.url}/v1/chat/completions", {"model": server.model, "messages": "hi"})
+        assert 400 <= status < 500 and server.health() == 200
+        row = run_load(server, [PROMPTS[0]], concurrency=2, seconds=60, max_tokens=4, requests=4)
+        assert row["requests"] == 4 and row["errors"] == 0 and row["tokens_per_s"] > 0
+    finally:
+        pid = server.process.pid
+        server.stop()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_doctor_reports_llama_cpp():
+    from ftlab.deploy.llamacpp import llama_cpp_check
+
+    ok, detail, fix = llama_cpp_check()
+    assert ok == bool(pytest.importorskip("llama_cpp")) and "0.3.36" in detail and fix == ""

@@ -48,30 +48,37 @@ def chat_request_problem(body) -> str | None:
     return None
 
 
+def add_chat_guard(app) -> None:
+    """Answer malformed ``/v1/chat/completions`` bodies of a FastAPI ``app`` with 400 before its handler runs.
+
+    Used for both servers: transformers serve, and llama_cpp.server (which answers them with 500).
+    """
+    from fastapi.responses import JSONResponse
+
+    @app.middleware("http")
+    async def check_chat_body(request, call_next):
+        if request.method == "POST" and request.url.path == "/v1/chat/completions":
+            try:
+                body = json.loads(await request.body())
+            except ValueError as e:
+                return JSONResponse({"error": {"message": f"invalid JSON: {e}", "type": "invalid_request_error"}},
+                                    status_code=400)
+            problem = chat_request_problem(body)
+            if problem:
+                return JSONResponse({"error": {"message": problem, "type": "invalid_request_error"}},
+                                    status_code=400)
+        return await call_next(request)
+
+
 def _install_guard() -> None:
     """Wrap transformers' app factory so every app it builds checks chat bodies first."""
-    from fastapi.responses import JSONResponse
     from transformers.cli.serving import server
 
     build_server = server.build_server
 
     def build_guarded_server(*args, **kwargs):
         app = build_server(*args, **kwargs)
-
-        @app.middleware("http")
-        async def check_chat_body(request, call_next):
-            if request.method == "POST" and request.url.path == "/v1/chat/completions":
-                try:
-                    body = json.loads(await request.body())
-                except ValueError as e:
-                    return JSONResponse({"error": {"message": f"invalid JSON: {e}", "type": "invalid_request_error"}},
-                                        status_code=400)
-                problem = chat_request_problem(body)
-                if problem:
-                    return JSONResponse({"error": {"message": problem, "type": "invalid_request_error"}},
-                                        status_code=400)
-            return await call_next(request)
-
+        add_chat_guard(app)
         return app
 
     server.build_server = build_guarded_server

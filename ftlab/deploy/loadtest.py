@@ -45,10 +45,15 @@ def percentile(values, q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def _client_loop(server, prompts, start_index, deadline, max_tokens, system, out, lock):
+def _client_loop(server, prompts, start_index, deadline, max_tokens, system, out, lock, budget=None):
     client = server.client(timeout=REQUEST_TIMEOUT_S)
     i = start_index
     while time.perf_counter() < deadline:
+        if budget is not None:  # a fixed number of requests for the whole level, shared by the clients
+            with lock:
+                if budget[0] <= 0:
+                    return
+                budget[0] -= 1
         prompt = prompts[i % len(prompts)]
         i += 1
         try:
@@ -64,16 +69,24 @@ def _client_loop(server, prompts, start_index, deadline, max_tokens, system, out
             return
 
 
-def run_load(server, prompts, *, concurrency: int, seconds: float, max_tokens: int = 48, system=None) -> dict:
-    """Run ``concurrency`` closed-loop clients for ``seconds`` and summarise what they got."""
-    if concurrency < 1 or seconds <= 0:
-        raise ValueError(f"run_load: need concurrency >= 1 and seconds > 0, got {concurrency}, {seconds}")
+def run_load(server, prompts, *, concurrency: int, seconds: float, max_tokens: int = 48, system=None,
+             requests: int | None = None) -> dict:
+    """Run ``concurrency`` closed-loop clients and summarise what they got.
+
+    Without ``requests``: for ``seconds``. With ``requests``: until that many requests are done (the
+    clients share the count), ``seconds`` then only bounds the whole level (a server too slow for it
+    ends the level early, and the row shows fewer requests).
+    """
+    if concurrency < 1 or seconds <= 0 or (requests is not None and requests < concurrency):
+        raise ValueError(f"run_load: need concurrency >= 1, seconds > 0 and requests >= concurrency; got "
+                         f"{concurrency}, {seconds}, {requests}")
     results: list[dict] = []
     lock = threading.Lock()
     start = time.perf_counter()
     deadline = start + seconds
+    budget = [requests] if requests is not None else None
     threads = [threading.Thread(target=_client_loop, daemon=True,
-                                args=(server, prompts, k * 7, deadline, max_tokens, system, results, lock))
+                                args=(server, prompts, k * 7, deadline, max_tokens, system, results, lock, budget))
                for k in range(concurrency)]
     for t in threads:
         t.start()
@@ -94,15 +107,29 @@ def summarize(results, concurrency: int, wall_s: float) -> dict:
             "wall_s": wall_s, "requests_per_s": len(ok) / wall_s, "tokens_per_s": tokens / wall_s,
             "ttft_p50_s": percentile(ttfts, 50), "latency_p50_s": percentile(latencies, 50),
             "latency_p95_s": percentile(latencies, 95),
+            # the spread of single requests: with few requests a p95 is one or two of them
+            "latency_std_s": float(np.std(latencies, ddof=1)) if len(latencies) > 1 else float("nan"),
+            "ttft_p95_s": percentile(ttfts, 95),
             "mean_tokens": tokens / len(ok) if ok else float("nan"),
             "first_error": next((r["error"] for r in results if r["error"]), None)}
 
 
+def load_frame(rows):
+    """The load-test rows as a DataFrame (one row per server, mode and concurrency)."""
+    import pandas as pd
+
+    cols = ["server", "mode", "concurrency", "requests", "errors", "requests_per_s", "tokens_per_s", "ttft_p50_s",
+            "ttft_p95_s", "latency_p50_s", "latency_p95_s", "latency_std_s"]
+    return pd.DataFrame([{c: r.get(c) for c in cols if c in r or c in ("server", "mode")} for r in rows])
+
+
 def format_load_table(rows) -> str:
-    lines = [f"{'batching':<9} {'clients':>7} {'req':>5} {'req/s':>6} {'tok/s':>7} {'TTFT p50':>9} "
-             f"{'lat p50':>8} {'lat p95':>8} {'errors':>6}"]
+    """The rows as aligned text: server, batching, clients, requests, throughput, TTFT and latency."""
+    lines = [f"{'server':<15} {'batching':<8} {'clients':>7} {'req':>4} {'req/s':>6} {'tok/s':>7} {'TTFT p50':>9} "
+             f"{'TTFT p95':>9} {'lat p50':>8} {'lat p95':>8} {'lat sd':>7} {'errors':>6}"]
     for r in rows:
-        lines.append(f"{r.get('mode', ''):<9} {r['concurrency']:>7} {r['requests']:>5} {r['requests_per_s']:6.2f} "
-                     f"{r['tokens_per_s']:7.1f} {r['ttft_p50_s']:8.2f}s {r['latency_p50_s']:7.2f}s "
-                     f"{r['latency_p95_s']:7.2f}s {r['errors']:>6}")
+        lines.append(f"{r.get('server', 'transformers'):<15} {r.get('mode', ''):<8} {r['concurrency']:>7} "
+                     f"{r['requests']:>4} {r['requests_per_s']:6.2f} {r['tokens_per_s']:7.1f} {r['ttft_p50_s']:8.2f}s "
+                     f"{r.get('ttft_p95_s', float('nan')):8.2f}s {r['latency_p50_s']:7.2f}s {r['latency_p95_s']:7.2f}s "
+                     f"{r.get('latency_std_s', float('nan')):6.2f}s {r['errors']:>6}")
     return "\n".join(lines)

@@ -98,6 +98,7 @@ class ModelServer:
         self.startup_timeout, self.threads = startup_timeout, threads
         self.log_path = Path(log_path) if log_path else self.model_dir.parent / f"serve-{self.model_dir.name}.log"
         self.port: int | None = None
+        self.extra_body: dict | None = None  # request fields every client should send (none for transformers)
         self.process: subprocess.Popen | None = None
         self.startup_seconds: float | None = None
 
@@ -255,9 +256,11 @@ def _messages(prompt, system):
 
 
 def chat_completion(client, model: str, prompt, *, system: str | None = None, max_tokens: int = 64,
-                    stream: bool = False, temperature: float = 0.0, server: ModelServer | None = None) -> dict:
+                    stream: bool = False, temperature: float = 0.0, server: ModelServer | None = None,
+                    extra_body: dict | None = None) -> dict:
     """One chat request through the ``openai`` client. Greedy (``temperature=0``) by default.
 
+    ``extra_body``: server-specific request fields (default: ``server.extra_body`` if a server is given).
     Returns ``{"text", "completion_tokens", "finish_reason", "latency_s", "ttft_s", "stream"}``;
     ``ttft_s`` (time to first token) is measured on streamed requests only (None otherwise).
     Raises :class:`ServerError` when the server cannot be reached or stops mid-answer (``server``,
@@ -265,7 +268,10 @@ def chat_completion(client, model: str, prompt, *, system: str | None = None, ma
     """
     import openai
 
+    extra_body = extra_body if extra_body is not None else getattr(server, "extra_body", None)
     kwargs = dict(model=model, messages=_messages(prompt, system), max_tokens=max_tokens, temperature=temperature)
+    if extra_body:  # fields outside OpenAI's schema that a server reads (llama_cpp.server: repeat_penalty)
+        kwargs["extra_body"] = extra_body
     start = time.perf_counter()
     try:
         if not stream:
@@ -273,7 +279,7 @@ def chat_completion(client, model: str, prompt, *, system: str | None = None, ma
             return {"text": r.choices[0].message.content or "", "completion_tokens": r.usage.completion_tokens,
                     "finish_reason": r.choices[0].finish_reason, "latency_s": time.perf_counter() - start,
                     "ttft_s": None, "stream": False}
-        parts, ttft, tokens, finish = [], None, None, None
+        parts, ttft, tokens, finish, chunks = [], None, None, None, 0
         for chunk in client.chat.completions.create(stream=True, **kwargs):
             if getattr(chunk, "error", None):
                 raise ServerError(f"the server reported an error mid-stream: {chunk.error}")
@@ -283,11 +289,14 @@ def chat_completion(client, model: str, prompt, *, system: str | None = None, ma
                     if ttft is None:
                         ttft = time.perf_counter() - start
                     parts.append(delta)
+                    chunks += 1
                 finish = chunk.choices[0].finish_reason or finish
             if chunk.usage is not None:
                 tokens = chunk.usage.completion_tokens
         if finish is None:
             raise ServerError("the stream ended without a finish_reason: the server stopped mid-answer")
+        # llama_cpp.server sends no usage when streaming; both servers stream one chunk per generated token
+        tokens = chunks if tokens is None else tokens
         return {"text": "".join(parts), "completion_tokens": tokens, "finish_reason": finish,
                 "latency_s": time.perf_counter() - start, "ttft_s": ttft, "stream": True}
     except (openai.APIConnectionError, openai.APITimeoutError, ServerError) as e:

@@ -160,6 +160,7 @@ def doctor(verbose: bool = True, check_model: bool = True) -> DoctorReport:
     if check_model:
         _check_model(report)
     _check_jupyter(report)
+    from ftlab.deploy.llamacpp import llama_doctor_check; llama_doctor_check(report)  # noqa: E702 (notebook 08)
     profile = os.environ.get("FTLAB_PROFILE", "laptop (default)")
     report.checks.append(Check("profile", True, f"FTLAB_PROFILE={profile}"))
     if verbose:
