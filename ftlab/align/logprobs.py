@@ -98,12 +98,14 @@ class _KeptLogProbs(torch.autograd.Function):
 
 
 def _plain_output_layer(model):
-    """The model's output layer if it is a bias-free ``nn.Linear`` whose output is the logits as is
-    (no soft-capping or scaling after it); else ``None`` (then the plain path runs)."""
+    """The model's output layer if it is a plain, bias-free ``nn.Linear`` whose output is the logits as
+    is (no soft-capping or scaling after it); else ``None`` (then the plain path runs)."""
     base = model.get_base_model() if is_peft_model(model) else model
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     config = getattr(base, "config", None)
     if type(head) is not torch.nn.Linear or head.bias is not None or config is None:
+        return None
+    if "forward" in vars(head):  # already replaced on the instance (e.g. accelerate's offloading hooks)
         return None
     if any(getattr(config, name, None) not in (None, 1.0) for name in ("final_logit_softcapping", "logit_scale")):
         return None
