@@ -1,6 +1,7 @@
 """ftlab.deploy: GGUF export and its transformers round trip, the model card, monitoring, the load-test
 maths, and a real ``transformers serve`` subprocess (start, chat, stream, bad requests, crash, stop)."""
 
+import copy
 import os
 import socket
 import threading
@@ -158,6 +159,13 @@ def test_qwen2_round_trip_has_no_permutation(tok, tmp_path):
     assert type(loaded).__name__ == "Qwen2ForCausalLM"
     assert compare_logits(model, loaded, tok, PROMPTS[:1])["max_abs_diff"] < 1e-4
 
+
+
+def test_compare_logits_gives_the_difference_relative_to_the_largest_logit(merged, tok):
+    bf16 = copy.deepcopy(merged).to(torch.bfloat16)   # a bf16 model's rounding scales with its logits
+    logits = compare_logits(merged, bf16, tok, PROMPTS[:2], system=SYSTEM_PROMPT)
+    assert logits["max_abs_logit"] > 0 and 0 < logits["relative_max_diff"] < 0.2, logits   # rounding, no bug
+    assert logits["relative_max_diff"] == pytest.approx(logits["max_abs_diff"] / logits["max_abs_logit"])
 
 # --------------------------------------------------------------------------- card, monitoring, load maths
 

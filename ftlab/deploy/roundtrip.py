@@ -58,16 +58,19 @@ def compare_logits(reference, candidate, tokenizer, prompts, system=None) -> dic
 
     Returns ``max_abs_diff`` (largest logit difference), ``mean_abs_diff``, ``top1_agreement``
     (share of positions where both argmaxes agree) and ``last_top1_agreement`` (the same, only for
-    the position that picks the first answer token: what a user sees first).
+    the position that picks the first answer token: what a user sees first), plus ``max_abs_logit``
+    (largest reference logit) and ``relative_max_diff`` (their ratio), as :func:`compare_logits_llama`
+    returns: a bf16 model's rounding is relative, so its tolerance is too.
     """
     reference.eval()
     candidate.eval()
-    max_diff, sum_diff, n_values, agree, n_pos, last_agree = 0.0, 0.0, 0, 0, 0, 0
+    max_diff, sum_diff, n_values, agree, n_pos, last_agree, scale = 0.0, 0.0, 0, 0, 0, 0, 0.0
     n_prompts = 0
     for ids in _prompt_batches(tokenizer, prompts, system):
         a = reference(ids.to(reference.device)).logits[0].float().cpu()
         b = candidate(ids.to(candidate.device)).logits[0].float().cpu()
         diff = (a - b).abs()
+        scale = max(scale, float(a.abs().max()))
         max_diff = max(max_diff, float(diff.max()))
         sum_diff += float(diff.sum())
         n_values += diff.numel()
@@ -79,7 +82,8 @@ def compare_logits(reference, candidate, tokenizer, prompts, system=None) -> dic
     if n_prompts == 0:
         raise ValueError("compare_logits: no prompts")
     return {"max_abs_diff": max_diff, "mean_abs_diff": sum_diff / n_values, "top1_agreement": agree / n_pos,
-            "last_top1_agreement": last_agree / n_prompts, "positions": n_pos}
+            "last_top1_agreement": last_agree / n_prompts, "positions": n_pos, "max_abs_logit": scale,
+            "relative_max_diff": max_diff / max(scale, 1e-12)}
 
 
 def quantization_table(model, tokenizer, folder, gguf_types, records, *, prompts=None, max_new_tokens: int = 48,
