@@ -294,7 +294,10 @@ def test_llama_cpp_reads_the_export_like_transformers(merged, tok, llama_f32):
     tokens = compare_tokens(llama_f32, tok, PROMPTS, system=SYSTEM_PROMPT)
     assert tokens["equal"] == tokens["template_equal"] == len(PROMPTS), tokens["first_mismatch"]
     logits = compare_logits_llama(llama_f32, merged, tok, PROMPTS, system=SYSTEM_PROMPT)
-    assert logits["top1_agreement"] == 1.0 and logits["relative_max_diff"] < 1e-2, logits   # fp16 KV cache, F32 weights
+    # F32 weights, fp16 KV cache: small differences, and an argmax may flip only where two tokens nearly
+    # tie (the untrained tiny model has many such positions; a wrong export flips them everywhere)
+    assert logits["relative_max_diff"] < 1e-2 and logits["flips_beyond_ties"] == 0, logits
+    assert logits["top1_agreement"] > 0.9, logits
     rows = compare_greedy(llama_f32, merged, tok, PROMPTS, max_new_tokens=12, system=SYSTEM_PROMPT)
     for r in rows:  # an F32 file: the same greedy answer, token for token, as transformers gives
         assert r["equal"] and r["llama"] == r["hf"], r
