@@ -47,7 +47,7 @@ def test_every_direct_dependency_pinned_once_and_consistent():
     deps = project["dependencies"] + [d for group in project["optional-dependencies"].values() for d in group]
     constraints = _constraints()
     for dep in deps:
-        m = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([\w.]+)", dep)
+        m = re.fullmatch(r"([A-Za-z0-9_.\-]+)(?:\[[\w,\-]+\])?==([\w.]+)", dep)   # an extra, as in name[server]==x, is allowed
         assert m, f"{dep!r} in pyproject.toml is not pinned with =="
         name = m.group(1).lower().replace("_", "-")
         assert constraints.get(name) == m.group(2), f"{name}: pyproject {m.group(2)} vs constraints {constraints.get(name)}"

@@ -339,11 +339,3 @@ def evaluate_llama(llm, tokenizer, records, *, name: str, max_new_tokens: int, p
     result = _summarise(name, examples, time.perf_counter() - start, 0.95, 2000, 0)
     result.extra["tokens_per_s"] = gen_tokens / gen_s if gen_s else float("nan")
     return result
-
-
-def llama_doctor_check(report) -> None:
-    """Append the llama.cpp check to a ``ftlab doctor`` report (a warning: the course runs without it)."""
-    from ftlab.system import Check
-
-    ok, detail, fix = llama_cpp_check()
-    report.checks.append(Check("llama.cpp", ok, detail, fix, warning=True))

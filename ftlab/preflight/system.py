@@ -160,7 +160,9 @@ def doctor(verbose: bool = True, check_model: bool = True) -> DoctorReport:
     if check_model:
         _check_model(report)
     _check_jupyter(report)
-    from ftlab.deploy.llamacpp import llama_doctor_check; llama_doctor_check(report)  # noqa: E702 (notebook 08)
+    from ftlab.deploy.llamacpp import llama_cpp_check   # notebook 08's runtime: a warning, the course runs without it
+    ok, detail, fix = llama_cpp_check()
+    report.checks.append(Check("llama.cpp", ok, detail, fix, warning=True))
     profile = os.environ.get("FTLAB_PROFILE", "laptop (default)")
     report.checks.append(Check("profile", True, f"FTLAB_PROFILE={profile}"))
     if verbose:
