@@ -16,8 +16,6 @@ unless the request sets ``repeat_penalty`` to 1.0 (``extra_body``; :attr:`LlamaC
 from __future__ import annotations
 
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from ftlab.deploy.serving import LOCALHOST, ModelServer
@@ -33,6 +31,8 @@ class LlamaCppServer(ModelServer):
         n_gpu_layers: layers on the GPU of a CUDA build (-1: all); 0 on the CPU.
         port, startup_timeout, log_path, strict_port: as for ``ModelServer``.
     """
+
+    health_path = "/v1/models"   # llama_cpp.server has no /health
 
     def __init__(self, gguf_path, *, n_ctx: int = 2048, threads: int | None = None, n_gpu_layers: int = 0,
                  port: int | None = None,
@@ -68,16 +68,6 @@ class LlamaCppServer(ModelServer):
                 "--host", self.host, "--port", str(self.port), "--n_ctx", str(self.n_ctx),
                 "--n_gpu_layers", str(self.n_gpu_layers),
                 "--n_threads", str(self.threads or default_threads())]
-
-    def health(self, timeout: float = 2.0) -> int | None:
-        """The HTTP status of ``GET /v1/models`` (llama_cpp.server has no ``/health``), or None."""
-        try:
-            with urllib.request.urlopen(f"{self.url}/v1/models", timeout=timeout) as r:
-                return r.status
-        except urllib.error.HTTPError as e:
-            return e.code
-        except (urllib.error.URLError, OSError):
-            return None
 
 
 def main(argv=None) -> None:

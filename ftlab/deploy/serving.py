@@ -76,6 +76,8 @@ class ModelServer:
             CPU shared with other work, 1 thread avoids threads spinning while they wait for each other.
     """
 
+    health_path = "/health"   # the GET that answers 200 once the model is loaded
+
     def __init__(self, model_dir, *, port: int | None = None, host: str = "127.0.0.1",
                  continuous_batching: bool = False, device: str = "cpu", dtype: str = "float32",
                  startup_timeout: float = 180.0, log_path=None, strict_port: bool = False,
@@ -184,13 +186,13 @@ class ModelServer:
             if self.health() == 200:
                 return
             time.sleep(0.3)
-        raise ServerError(f"the server did not answer /health within {self.startup_timeout:.0f} s. "
+        raise ServerError(f"the server did not answer {self.health_path} within {self.startup_timeout:.0f} s. "
                           f"Log ({self.log_path}):\n{self.log_tail()}")
 
     def health(self, timeout: float = 2.0) -> int | None:
-        """The HTTP status of ``GET /health`` (200 = ready), or None if nothing answers."""
+        """The HTTP status of ``GET {health_path}`` (200 = ready), or None if nothing answers."""
         try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=timeout) as r:
+            with urllib.request.urlopen(f"{self.url}{self.health_path}", timeout=timeout) as r:
                 return r.status
         except urllib.error.HTTPError as e:
             return e.code
