@@ -18,5 +18,5 @@ from ftlab.deploy.monitor import RequestLog, drift_report, rolling
 from ftlab.deploy.ollama import gguf_chat_metadata, jinja_prompt, read_modelfile, render_modelfile_prompt, write_modelfile
 from ftlab.deploy.quantize import (PUBLISHED_SOURCE, bits_per_weight, published_table, quantize_gguf, raw_tensor_bytes,
                                    tensor_types, type_summary)
-from ftlab.deploy.roundtrip import compare_logits, format_quantization_table, load_gguf, quantization_table
+from ftlab.deploy.roundtrip import compare_logits, load_gguf, quantization_table
 from ftlab.deploy.serving import ModelServer, ServerError, chat_completion, post_json
