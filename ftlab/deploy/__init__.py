@@ -12,7 +12,7 @@ from ftlab.deploy.llamacpp import (LLAMA_CPP_AVAILABLE, compare_greedy, compare_
                                    greedy_tokens, render_chat,
                                    llama_cpp_check, open_gguf, perplexity_llama)
 from ftlab.deploy.llamacpp_server import LlamaCppServer
-from ftlab.deploy.loadtest import format_load_table, load_frame, percentile, run_load
+from ftlab.deploy.loadtest import load_frame, percentile, run_load
 from ftlab.deploy.model_card import render_model_card, write_model_card
 from ftlab.deploy.monitor import RequestLog, drift_report, rolling
 from ftlab.deploy.ollama import gguf_chat_metadata, jinja_prompt, read_modelfile, render_modelfile_prompt, write_modelfile
