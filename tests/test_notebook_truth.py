@@ -152,6 +152,9 @@ LINK = re.compile(r"\[([^\]]*)\]\((?:\./)?([^)\s]+\.ipynb)(?:#[^)]*)?\)")
 NOTEBOOK_REF = re.compile(r"\bnotebooks?\s+(\d\d(?:\s*(?:[–-]|,|and|or|to)\s*\d\d)*)", re.I)
 SECTION_REF = re.compile(r"\bsections?\s+(\d+(?:\s*(?:[–-]|,|and|or)\s*\d+)*)('s)?(?:\s+of\s+notebook\s+(\d\d))?", re.I)
 OWNER_BEFORE = re.compile(r"\bnotebook\s+(\d\d)(?:'s)?\s*$", re.I)
+# "01 section 3": a bare number before "section" reads as another notebook's section, but nothing can check which
+# notebook is meant; the prose must say "notebook 01's section 3" (or "section 3 of notebook 01").
+BARE_OWNER = re.compile(r"(?<!notebook )(?<![\w.,])(\d\d)(?:'s)?\s+sections?\s+\d", re.I)
 HEADING = re.compile(r"^#{2,3}\s+(\d+)\s*·", re.M)
 
 
@@ -189,6 +192,8 @@ def broken_references(path: Path) -> list[str]:
             for n in _numbers(m.group(1)):
                 if f"{n:02d}" not in BY_NUMBER:
                     problems.append(f"{where}: {m.group(0)!r} names notebook {n:02d}, which does not exist")
+        for m in BARE_OWNER.finditer(prose):
+            problems.append(f"{where}: {m.group(0)!r}: write \"notebook {m.group(1)}'s section ...\" so that it can be checked")
         for m in SECTION_REF.finditer(prose):
             before = OWNER_BEFORE.search(prose[: m.start()])
             after = m.group(3)
@@ -285,10 +290,11 @@ def test_the_reference_rules_flag_what_they_should(tmp_path):
     path = _write(tmp_path, [
         "md:# 05 · Demo",
         "md:## 1 · One\nSee section 2, notebook 42, section 3 of notebook 00, and [01 · Data](07_alignment.ipynb).",
-        "md:## 2 · Two\nAs the QLoRA paper, section 7 says; and [gone](99_gone.ipynb).",
+        "md:## 2 · Two\nAs the QLoRA paper, section 7 says; and [gone](99_gone.ipynb); see 01 section 1.",
     ])
     (tmp_path / "07_alignment.ipynb").write_text((ROOT / "notebooks" / BY_NUMBER["07"].name).read_text())
     problems = "\n".join(broken_references(path))
     assert "notebook 42" in problems and "99_gone.ipynb" in problems and "names another number" in problems
+    assert "'01 section 1'" in problems   # a bare "NN section N" cannot be checked
     assert "'section 2'" not in problems and "section 7" not in problems
     assert ("has no '## 3" in problems) == (3 not in _sections(BY_NUMBER["00"]))

@@ -12,11 +12,11 @@ from ftlab.deploy.llamacpp import (LLAMA_CPP_AVAILABLE, compare_greedy, compare_
                                    greedy_tokens, render_chat,
                                    llama_cpp_check, open_gguf, perplexity_llama)
 from ftlab.deploy.llamacpp_server import LlamaCppServer
-from ftlab.deploy.loadtest import format_load_table, load_frame, percentile, run_load
+from ftlab.deploy.loadtest import load_frame, percentile, run_load
 from ftlab.deploy.model_card import render_model_card, write_model_card
 from ftlab.deploy.monitor import RequestLog, drift_report, rolling
 from ftlab.deploy.ollama import gguf_chat_metadata, jinja_prompt, read_modelfile, render_modelfile_prompt, write_modelfile
 from ftlab.deploy.quantize import (PUBLISHED_SOURCE, bits_per_weight, published_table, quantize_gguf, raw_tensor_bytes,
                                    tensor_types, type_summary)
-from ftlab.deploy.roundtrip import compare_logits, format_quantization_table, load_gguf, quantization_table
+from ftlab.deploy.roundtrip import compare_logits, load_gguf, quantization_table
 from ftlab.deploy.serving import ModelServer, ServerError, chat_completion, post_json

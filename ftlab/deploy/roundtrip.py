@@ -126,14 +126,3 @@ def quantization_table(model, tokenizer, folder, gguf_types, records, *, prompts
                      "seconds": time.perf_counter() - start, "result": res})
         del candidate
     return rows
-
-
-def format_quantization_table(rows) -> str:
-    """The table as aligned text (MB = 10^6 bytes)."""
-    lines = [f"{'type':<7} {'MB':>8} {'bits/w':>6} {'max|dlogit|':>11} {'top-1':>6} {'score':>6} "
-             f"{'95% CI':>15} {'delta':>7} {'delta 95% CI':>17}"]
-    for r in rows:
-        lines.append(f"{r['type']:<7} {r['bytes'] / 1e6:8.1f} {r['bits_per_weight']:6.1f} {r['max_abs_diff']:11.2e} "
-                     f"{r['top1_agreement']:6.3f} {r['score']:6.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] "
-                     f"{r['delta']:+7.3f} [{r['delta_ci'][0]:+.3f}, {r['delta_ci'][1]:+.3f}]")
-    return "\n".join(lines)
