@@ -37,9 +37,11 @@ class RewardModel(nn.Module):
         self.trunk = trunk
         self.config = trunk.config  # the trunk is a copy, so is its config: one scalar output, as TRL requires
         self.config.num_labels = 1
-        self.score = nn.Linear(hidden_size, 1, bias=False)
+        weight = next(trunk.parameters())  # the head in the trunk's dtype and device (bf16 on a GPU profile)
+        self.score = nn.Linear(hidden_size, 1, bias=False, dtype=weight.dtype, device=weight.device)
         with torch.no_grad():  # small random head, seeded: the first rewards are near 0
-            self.score.weight.normal_(0.0, 0.02, generator=torch.Generator().manual_seed(seed))
+            head = torch.empty(self.score.weight.shape).normal_(0.0, 0.02, generator=torch.Generator().manual_seed(seed))
+            self.score.weight.copy_(head)
 
     def forward(self, input_ids, attention_mask, **_):
         hidden = self.trunk(**model_inputs({"input_ids": input_ids, "attention_mask": attention_mask}),
