@@ -22,6 +22,7 @@ from ftlab.align import (AlignConfig, RewardError, collate_preferences, completi
                          group_advantages, grpo_loss, load_preferences, preference_loss, reference_logprobs,
                          score_completions, split_pairs, token_logprobs, tokenize_preferences, train_preferences,
                          task_reward)
+from ftlab.align.trl_parity import as_trl_dataset
 from ftlab.data import DataValidationError, data_dir
 from ftlab.models import load_model
 
@@ -69,13 +70,6 @@ def _pairs(n=4):
     return records
 
 
-def _as_trl_dataset(records):
-    from datasets import Dataset
-
-    return Dataset.from_list([{"prompt": r["messages"], "chosen": [{"role": "assistant", "content": r["chosen"]}],
-                               "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in records])
-
-
 def _completion_mask(labels):
     return (labels != -100).long()
 
@@ -85,7 +79,7 @@ def _dpo_trainer(model, tok, records, tmp, **kw):
 
     args = DPOConfig(output_dir=str(tmp), report_to=[], use_cpu=True, per_device_train_batch_size=len(records),
                      bf16=False, **kw)
-    return DPOTrainer(model=model, args=args, train_dataset=_as_trl_dataset(records), processing_class=tok)
+    return DPOTrainer(model=model, args=args, train_dataset=as_trl_dataset(records), processing_class=tok)
 
 
 # --------------------------------------------------------------------------- DPO / IPO parity
@@ -179,7 +173,7 @@ def test_orpo_matches_trl(tmp_path):
 
     model, tok = _lora_model()
     records = _pairs(4)
-    ds = _as_trl_dataset(records).map(lambda r: {"prompt": tok.apply_chat_template(r["prompt"], tokenize=False),
+    ds = as_trl_dataset(records).map(lambda r: {"prompt": tok.apply_chat_template(r["prompt"], tokenize=False),
                                                  "chosen": r["chosen"][0]["content"],
                                                  "rejected": r["rejected"][0]["content"]})
     args = ORPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, beta=0.2, bf16=False,
@@ -532,7 +526,7 @@ def test_reward_model_loss_matches_trl_reward_trainer(tmp_path):
     records = _pairs(4)
     args = RewardConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, per_device_train_batch_size=4, bf16=False,
                         gradient_checkpointing=False)
-    trainer = RewardTrainer(model=hf, args=args, train_dataset=_as_trl_dataset(records), processing_class=tok)
+    trainer = RewardTrainer(model=hf, args=args, train_dataset=as_trl_dataset(records), processing_class=tok)
     batch = collate_preferences(tokenize_preferences(records, tok), tok.pad_token_id)
     theirs = trainer.data_collator([trainer.train_dataset[i] for i in range(len(records))])
     ours_ids = [row[m.bool()].tolist() for row, m in zip(batch["input_ids"], batch["attention_mask"])]
