@@ -22,7 +22,7 @@ from ftlab.align import (AlignConfig, RewardError, collate_preferences, completi
                          group_advantages, grpo_loss, load_preferences, preference_loss, reference_logprobs,
                          score_completions, split_pairs, token_logprobs, tokenize_preferences, train_preferences,
                          task_reward)
-from ftlab.align.trl_parity import as_trl_dataset
+from ftlab.align.trl_parity import as_trl_dataset, examples_from_trl, watch_grpo_loss
 from ftlab.data import DataValidationError, data_dir
 from ftlab.models import load_model
 
@@ -135,6 +135,10 @@ def test_tokenisation_matches_trl(tmp_path):
     diff = theirs["completion_mask"] - _completion_mask(ours["labels"])
     assert (diff >= 0).all() and (diff.sum(-1) == 1).all()
     assert {tok.decode(t) for t in ours["input_ids"][diff.bool()]} == {"\n"}
+    # examples_from_trl (notebook 07's live DPO run) gives ftlab exactly TRL's batch, newline included
+    bridged = collate_preferences(examples_from_trl(trainer.train_dataset), tok.pad_token_id)
+    assert torch.equal(bridged["input_ids"], theirs["input_ids"])
+    assert torch.equal(_completion_mask(bridged["labels"]), theirs["completion_mask"])
 
 
 @pytest.mark.parametrize("method,temperature", [("lora", 1.0), ("lora", 0.7), ("full", 1.0)])
@@ -266,6 +270,30 @@ def test_grpo_loss_matches_trl(tmp_path, loss_type, correction):
     assert math.isclose(metrics["kl"].item(), trainer._metrics["train"]["kl"][-1], rel_tol=1e-5, abs_tol=1e-7)
     assert metrics["kl"].item() > 0
     _assert_same_gradients(grads, trl_grads)
+
+
+def test_grpo_loss_on_trls_own_samples(tmp_path):
+    """notebook 07's live check: while GRPOTrainer.train() runs, ftlab's grpo_loss on each batch TRL sampled equals
+    TRL's loss; the rewards differ within a group (length), so the advantages and the update are not zero."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    model, tok = _lora_model()
+    args = GRPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, bf16=False, num_generations=4,
+                      per_device_train_batch_size=4, max_steps=2, max_completion_length=8, loss_type="grpo",
+                      learning_rate=1e-2, num_iterations=1, save_strategy="no", disable_tqdm=True)
+    trainer = GRPOTrainer(model=model, reward_funcs=[lambda completions, **kw: [len(c[0]["content"]) / 50.0
+                                                                                for c in completions]], args=args,
+                          train_dataset=Dataset.from_list([{"prompt": [{"role": "user", "content": "hi"}]}] * 4),
+                          processing_class=tok)
+    seen = watch_grpo_loss(trainer, tok.pad_token_id)
+    trainer.train()
+    assert len(seen) == 2 and seen[-1]["trl"] != 0 and seen[-1]["tokens"] > 0
+    for step in seen:
+        assert math.isclose(step["ftlab"], step["trl"], rel_tol=1e-4, abs_tol=1e-7), step
+    with pytest.raises(ValueError, match="num_iterations"):
+        trainer.args.num_iterations = 2
+        watch_grpo_loss(trainer, tok.pad_token_id)
 
 
 # --------------------------------------------------------------------------- bad input
