@@ -22,6 +22,7 @@ from ftlab.align import (AlignConfig, RewardError, collate_preferences, completi
                          group_advantages, grpo_loss, load_preferences, preference_loss, reference_logprobs,
                          score_completions, split_pairs, token_logprobs, tokenize_preferences, train_preferences,
                          task_reward)
+from ftlab.align.trl_parity import as_trl_dataset, examples_from_trl, watch_grpo_loss
 from ftlab.data import DataValidationError, data_dir
 from ftlab.models import load_model
 
@@ -69,13 +70,6 @@ def _pairs(n=4):
     return records
 
 
-def _as_trl_dataset(records):
-    from datasets import Dataset
-
-    return Dataset.from_list([{"prompt": r["messages"], "chosen": [{"role": "assistant", "content": r["chosen"]}],
-                               "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in records])
-
-
 def _completion_mask(labels):
     return (labels != -100).long()
 
@@ -85,7 +79,7 @@ def _dpo_trainer(model, tok, records, tmp, **kw):
 
     args = DPOConfig(output_dir=str(tmp), report_to=[], use_cpu=True, per_device_train_batch_size=len(records),
                      bf16=False, **kw)
-    return DPOTrainer(model=model, args=args, train_dataset=_as_trl_dataset(records), processing_class=tok)
+    return DPOTrainer(model=model, args=args, train_dataset=as_trl_dataset(records), processing_class=tok)
 
 
 # --------------------------------------------------------------------------- DPO / IPO parity
@@ -141,6 +135,10 @@ def test_tokenisation_matches_trl(tmp_path):
     diff = theirs["completion_mask"] - _completion_mask(ours["labels"])
     assert (diff >= 0).all() and (diff.sum(-1) == 1).all()
     assert {tok.decode(t) for t in ours["input_ids"][diff.bool()]} == {"\n"}
+    # examples_from_trl (notebook 07's live DPO run) gives ftlab exactly TRL's batch, newline included
+    bridged = collate_preferences(examples_from_trl(trainer.train_dataset), tok.pad_token_id)
+    assert torch.equal(bridged["input_ids"], theirs["input_ids"])
+    assert torch.equal(_completion_mask(bridged["labels"]), theirs["completion_mask"])
 
 
 @pytest.mark.parametrize("method,temperature", [("lora", 1.0), ("lora", 0.7), ("full", 1.0)])
@@ -179,7 +177,7 @@ def test_orpo_matches_trl(tmp_path):
 
     model, tok = _lora_model()
     records = _pairs(4)
-    ds = _as_trl_dataset(records).map(lambda r: {"prompt": tok.apply_chat_template(r["prompt"], tokenize=False),
+    ds = as_trl_dataset(records).map(lambda r: {"prompt": tok.apply_chat_template(r["prompt"], tokenize=False),
                                                  "chosen": r["chosen"][0]["content"],
                                                  "rejected": r["rejected"][0]["content"]})
     args = ORPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, beta=0.2, bf16=False,
@@ -272,6 +270,30 @@ def test_grpo_loss_matches_trl(tmp_path, loss_type, correction):
     assert math.isclose(metrics["kl"].item(), trainer._metrics["train"]["kl"][-1], rel_tol=1e-5, abs_tol=1e-7)
     assert metrics["kl"].item() > 0
     _assert_same_gradients(grads, trl_grads)
+
+
+def test_grpo_loss_on_trls_own_samples(tmp_path):
+    """notebook 07's live check: while GRPOTrainer.train() runs, ftlab's grpo_loss on each batch TRL sampled equals
+    TRL's loss; the rewards differ within a group (length), so the advantages and the update are not zero."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    model, tok = _lora_model()
+    args = GRPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, bf16=False, num_generations=4,
+                      per_device_train_batch_size=4, max_steps=2, max_completion_length=8, loss_type="grpo",
+                      learning_rate=1e-2, num_iterations=1, save_strategy="no", disable_tqdm=True)
+    trainer = GRPOTrainer(model=model, reward_funcs=[lambda completions, **kw: [len(c[0]["content"]) / 50.0
+                                                                                for c in completions]], args=args,
+                          train_dataset=Dataset.from_list([{"prompt": [{"role": "user", "content": "hi"}]}] * 4),
+                          processing_class=tok)
+    seen = watch_grpo_loss(trainer, tok.pad_token_id)
+    trainer.train()
+    assert len(seen) == 2 and seen[-1]["trl"] != 0 and seen[-1]["tokens"] > 0
+    for step in seen:
+        assert math.isclose(step["ftlab"], step["trl"], rel_tol=1e-4, abs_tol=1e-7), step
+    with pytest.raises(ValueError, match="num_iterations"):
+        trainer.args.num_iterations = 2
+        watch_grpo_loss(trainer, tok.pad_token_id)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -403,7 +425,7 @@ def test_training_only_settings_are_not_alignment_settings(tmp_path):
     path.write_text("loss: dpo\neval_every: 5\n")
     with pytest.raises(ValueError, match=rf"{path}: unknown AlignConfig field 'eval_every'"):
         AlignConfig.from_yaml(path)
-    with pytest.raises(ValueError, match="samples its own completions"):
+    with pytest.raises(ValueError, match="has its own trainer.*train_grpo"):
         train_preferences(None, None, [], AlignConfig(loss="grpo"))
 
 
@@ -504,3 +526,86 @@ def test_alignment_resumes_after_kill_9(tmp_path, loss):
     assert [h[0] for h in got] == [1, 2, 3, 4, 5]
     for a, b in zip(want, got):
         assert math.isclose(a[1], b[1], rel_tol=1e-6, abs_tol=1e-9) and math.isclose(a[2], b[2], rel_tol=1e-5), (a, b)
+
+
+# --------------------------------------------------------------------------- the reward model (RLHF's first stage)
+
+
+def test_reward_model_loss_matches_trl_reward_trainer(tmp_path):
+    """ftlab's reward model reads the same token as transformers' sequence-classification head (what TRL trains), and
+    its Bradley-Terry loss and gradients equal TRL's ``RewardTrainer.compute_loss`` on the same batch. TRL's own
+    collator gives the same token ids as ftlab's tokenisation, up to the newline after <|im_end|> (as for DPO)."""
+    import copy
+
+    from transformers import AutoModelForSequenceClassification
+    from trl import RewardConfig, RewardTrainer
+
+    from ftlab.align import reward_model_from
+    from ftlab.align.reward_model import reward_loss
+
+    lm, tok = load_model("tiny")
+    ours = reward_model_from(lm, lora_rank=4, lora_alpha=8)
+    config = copy.deepcopy(lm.config)
+    config.num_labels, config.pad_token_id = 1, tok.pad_token_id
+    hf = AutoModelForSequenceClassification.from_config(config)   # TRL's reward model: same trunk, same head
+    hf.model.load_state_dict(lm.model.state_dict())
+    with torch.no_grad():
+        hf.score.weight.copy_(ours.base_model.model.score.modules_to_save["default"].weight)
+    records = _pairs(4)
+    args = RewardConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, per_device_train_batch_size=4, bf16=False,
+                        gradient_checkpointing=False)
+    trainer = RewardTrainer(model=hf, args=args, train_dataset=as_trl_dataset(records), processing_class=tok)
+    batch = collate_preferences(tokenize_preferences(records, tok), tok.pad_token_id)
+    theirs = trainer.data_collator([trainer.train_dataset[i] for i in range(len(records))])
+    ours_ids = [row[m.bool()].tolist() for row, m in zip(batch["input_ids"], batch["attention_mask"])]
+    their_ids = [row[m.bool()].tolist() for row, m in zip(theirs["input_ids"], theirs["attention_mask"])]
+    assert all(t[:len(o)] == o and tok.decode(t[len(o):]) in ("", "\n") for o, t in zip(ours_ids, their_ids))
+
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    hf.eval(), ours.eval()
+    with torch.no_grad():  # a fresh adapter (B = 0): ftlab's model is exactly transformers' on the same weights
+        torch.testing.assert_close(ours(**inputs).logits, hf(**inputs).logits, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(reward_loss(ours, batch)[0], trainer.compute_loss(hf, dict(inputs)))
+
+    _perturb(ours)  # move the adapters: the trunk's LoRA now matters
+    ours.train(), hf.train()  # TRL files its metrics under "train" when its own model is in training mode
+    trl_loss = trainer.compute_loss(ours, dict(inputs))
+    trl_loss.backward()
+    trl_grads = _grads(ours)
+    ours.zero_grad(set_to_none=True)
+    loss, metrics = reward_loss(ours, batch)
+    loss.backward()
+    torch.testing.assert_close(loss, trl_loss, rtol=1e-6, atol=1e-6)
+    assert math.isclose(metrics["accuracy"].item(), trainer._metrics["train"]["accuracy"][-1], abs_tol=1e-6)
+    assert math.isclose(metrics["margin"].item(), trainer._metrics["train"]["margin"][-1], rel_tol=1e-5, abs_tol=1e-6)
+    assert abs(metrics["margin"].item()) > 1e-4  # not trivially zero
+    _assert_same_gradients(_grads(ours), trl_grads)
+    assert any("score" in name for name in trl_grads)  # the head is trained, not only the trunk's adapters
+
+
+def test_reward_model_reads_the_last_real_token():
+    """Right padding does not change a row's reward: the head reads the last attended position."""
+    from ftlab.align import reward_model_from
+
+    lm, tok = load_model("tiny")
+    model = reward_model_from(lm, lora_rank=4, lora_alpha=8).eval()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    padded = torch.tensor([[5, 6, 7, 8, tok.pad_token_id, tok.pad_token_id]])
+    with torch.no_grad():
+        alone = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        in_batch = model(input_ids=padded, attention_mask=torch.tensor([[1, 1, 1, 1, 0, 0]])).logits
+    torch.testing.assert_close(alone, in_batch, rtol=1e-5, atol=1e-6)
+
+
+def test_reward_model_learns_the_course_pairs(tmp_path):
+    """A few Bradley-Terry steps on the tiny model lower the loss; train_preferences refuses loss='reward'."""
+    from ftlab.align import reward_model_from, train_reward_model
+
+    lm, tok = load_model("tiny")
+    examples = tokenize_preferences(_pairs(8), tok)
+    config = AlignConfig(output_dir=str(tmp_path), lr=3e-3, max_steps=6, batch_size=8, progress=False,
+                         log_to=("jsonl",), save_final=False, scheduler="constant")
+    history = train_reward_model(reward_model_from(lm, lora_rank=4, lora_alpha=8), tok, examples, config).history
+    assert history[-1]["loss"] < history[0]["loss"]
+    with pytest.raises(ValueError, match="train_reward_model"):
+        train_preferences(lm, tok, examples, AlignConfig(loss="reward", output_dir=str(tmp_path)))

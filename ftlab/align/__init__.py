@@ -8,7 +8,7 @@ from ftlab.align.evaluate import implicit_margins, kl_from_reference
 from ftlab.align.grpo import completion_batch, grpo_prompts, sample_completions, train_grpo
 from ftlab.align.logprobs import precompute_reference, reference_logprobs, sequence_logprobs, token_logprobs
 from ftlab.align.loop import AlignConfig, preference_loss, train_preferences
-from ftlab.align.losses import dpo_loss, group_advantages, grpo_loss
+from ftlab.align.losses import dpo_loss, group_advantages, grpo_loss, orpo_loss
 from ftlab.align.preferences import collate_preferences, load_preferences, split_pairs, tokenize_preferences
-from ftlab.align.rewards import (RewardError, format_reward, json_reward, label_reward, length_reward,
-                                 score_completions, task_reward)
+from ftlab.align.reward_model import reward_model_from, score_answers, train_reward_model
+from ftlab.align.rewards import RewardError, format_reward, length_reward, score_completions, task_reward

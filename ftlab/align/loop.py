@@ -28,14 +28,14 @@ from ftlab.training.loop import run_loop, update_step
 from ftlab.training.loss import next_token_targets
 from ftlab.training.run import announce, resume, setup_model, setup_run
 
-LOSSES = ("dpo", "ipo", "orpo", "grpo")
+LOSSES = ("dpo", "ipo", "orpo", "grpo", "reward")  # reward: a Bradley-Terry reward model (reward_model.py)
 
 # The settings only some losses read: setting one for another loss is an error that names it.
 READ_BY = {
     "beta": ("dpo", "ipo", "orpo"),  # GRPO's pull to the reference is kl_beta
     "label_smoothing": ("dpo",),
     "orpo_nll_on": ("orpo",),
-    "max_length": ("dpo", "ipo", "orpo"),  # GRPO's sequences: the prompt + at most max_new_tokens
+    "max_length": ("dpo", "ipo", "orpo", "reward"),  # GRPO's sequences: the prompt + at most max_new_tokens
     **{name: ("grpo",) for name in ("num_generations", "temperature", "max_new_tokens", "epsilon", "kl_beta",
                                     "kl_ratio_correction", "grpo_loss_type")},
 }
@@ -48,7 +48,7 @@ class AlignConfig(RunConfig):
     ``ftlab.train``'s data and evaluation settings are not here: alignment does not read them."""
 
     output_dir: str = "runs/align"
-    loss: str = "dpo"  # dpo | ipo | orpo | grpo
+    loss: str = "dpo"  # dpo | ipo | orpo | grpo | reward
     beta: float = 0.1  # DPO/IPO: strength of the pull to the reference; ORPO: weight of the odds-ratio term
     label_smoothing: float = 0.0  # DPO: assumed fraction of flipped preference labels (conservative DPO)
     orpo_nll_on: str = "completion"  # ORPO's NLL: completion tokens (as SFT) | sequence (prompt too, as TRL)
@@ -178,8 +178,9 @@ def train_preferences(model, tokenizer, data, config: AlignConfig | None = None,
         >>> result.history[-1]["rewards/accuracies"]                                                               # doctest: +SKIP
     """
     config = dataclasses.replace(config or AlignConfig(), **overrides)
-    if config.loss == "grpo":
-        raise ValueError("train_preferences: loss='grpo' samples its own completions. Fix: use ftlab.align.train_grpo.")
+    if config.loss in ("grpo", "reward"):
+        raise ValueError(f"train_preferences: loss={config.loss!r} has its own trainer. Fix: use ftlab.align.train_grpo "
+                         "(grpo) or ftlab.align.train_reward_model (reward).")
     if isinstance(data, list) and data and isinstance(data[0].get("chosen"), dict):
         examples = data  # already tokenised; a reference cached in them is reused, not computed again
     else:

@@ -1,0 +1,128 @@
+"""Which guard keeps SFT -> DPO from forgetting? One row per pipeline, on notebook 07's held-out set.
+
+``python -m ftlab.bench.guards`` (``--help`` for the options), on the real SmolLM2-135M-Instruct on a
+CPU by default (run it under the machine's CPU lock: it is a real-model run). Every row starts from the
+instruct model, runs a short LoRA SFT on the course's classify + extract_json data (merged), then DPO on
+notebook 07's preference pairs with the SFT model as reference, and measures the end model as notebook 07's
+table does: task score and format on the held-out test prompts, general-knowledge probes, preference
+accuracy (implicit margin against the instruct model) and KL to the instruct model, plus train wall time.
+
+The rows are the guards practitioners use against forgetting, one at a time, against the plain pipeline:
+a lower DPO learning rate, fewer DPO steps, a larger ``beta`` (a stronger pull to the SFT reference),
+replay of general data during SFT, a lower SFT learning rate, a smaller LoRA rank. ``--only`` picks
+rows by name. Target (issue 28): the recommended pipeline loses at most 10 probe points (``MAX_PROBE_DROP``)
+while keeping the SFT model's task score. ``--model tiny`` checks the script in a minute (numbers mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+MAX_PROBE_DROP = 0.10
+
+# name -> (SFT overrides, DPO overrides): each guard changes one setting of the plain pipeline.
+GUARDS = {
+    "plain": ({}, {}),
+    "dpo lr / 3": ({}, {"lr_scale": 1 / 3}),
+    "dpo steps / 3": ({}, {"steps_scale": 1 / 3}),
+    "beta 0.5": ({}, {"beta": 0.5}),
+    "sft replay 30 %": ({"replay": 0.3}, {}),
+    "sft lr / 3": ({"lr_scale": 1 / 3}, {}),
+    "lora rank 4": ({"rank": 4}, {"rank": 4}),
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m ftlab.bench.guards", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="smollm2-135m-instruct", help="any name ftlab.load_model accepts")
+    p.add_argument("--profile", default="laptop", help="the ftlab profile whose sizes notebook 07 uses")
+    p.add_argument("--only", nargs="*", default=list(GUARDS), choices=list(GUARDS), help="rows to run")
+    return p.parse_args(argv)
+
+
+def _settings(profile):
+    batch, steps = max(2, profile.batch_size // 2), max(2, profile.short_steps)  # as notebook 07's set-up cell
+    return {"batch": batch, "steps": steps, "held": max(8, profile.eval_size // 3), "n_eval": max(4, profile.eval_size // 3),
+            "gen": profile.max_new_tokens, "lr": profile.lora_learning_rate, "rank": profile.lora_rank}
+
+
+def _measure(policy, base, tok, data, s):
+    from ftlab.align import implicit_margins, kl_from_reference
+    from ftlab.data import LABELS
+    from ftlab.evaluate import generate_answers, is_valid_json, normalize_answer, probe_accuracy, score_example
+
+    prompts = data["test"]
+    answers = generate_answers(policy, tok, [p["messages"] for p in prompts], max_new_tokens=s["gen"], progress=False)
+    ok = [float(is_valid_json(a) and a.strip().startswith("{")) if p["task"] == "extract_json"
+          else float(normalize_answer(a) in LABELS) for p, a in zip(prompts, answers)]
+    pad = tok.pad_token_id
+    return {"task": sum(score_example(p["task"], a, p["reference"]) for p, a in zip(prompts, answers)) / len(prompts),
+            "format": sum(ok) / len(ok),
+            "probes": probe_accuracy(policy, tok, data["probes"], max_new_tokens=s["gen"], progress=False).accuracy,
+            "pref. acc.": sum(m > 0 for m in implicit_margins(policy, data["held"], pad_token_id=pad)) / len(data["held"]),
+            "KL": kl_from_reference(policy, data["held"], pad_token_id=pad, ref_model=base)}
+
+
+def _pipeline(base, tok, data, s, sft_over, dpo_over, out):
+    import ftlab
+    from ftlab.align import AlignConfig, tokenize_preferences, train_preferences
+    from ftlab.data import load_course_data, mix_replay
+    from ftlab.training import TrainConfig, merge_adapters
+
+    profile = ftlab.get_profile()
+    rank = sft_over.get("rank", s["rank"])
+    rows = data["sft"][:s["steps"] * profile.run_batch]
+    if sft_over.get("replay"):
+        rows = mix_replay(rows, load_course_data("general_replay"), sft_over["replay"])[:len(rows)]
+    sft = ftlab.train(base, tok, rows, config=TrainConfig(
+        output_dir=f"{out}/sft", method="lora", lr=s["lr"] * sft_over.get("lr_scale", 1), max_steps=s["steps"],
+        batch_size=profile.run_batch, max_length=profile.max_length, lora_rank=rank, lora_alpha=2 * rank,
+        log_to=("jsonl",), save_final=False, progress=False))
+    sft_model = merge_adapters(sft.model, copy_model=True)
+    sft.model.unload()
+    rank = dpo_over.get("rank", s["rank"])
+    dpo = train_preferences(sft_model, tok, tokenize_preferences(data["pairs"], tok, profile.max_length), AlignConfig(
+        output_dir=f"{out}/dpo", loss="dpo", beta=dpo_over.get("beta", 0.1), lr=s["lr"] * dpo_over.get("lr_scale", 1),
+        max_steps=max(1, round(s["steps"] * dpo_over.get("steps_scale", 1))), batch_size=s["batch"],
+        max_length=profile.max_length, lora_rank=rank, lora_alpha=2 * rank, scheduler="constant", log_to=("jsonl",),
+        save_final=False, progress=False))
+    row = _measure(dpo.model, base, tok, data, s)
+    row["wall s"] = sft.wall_time_s + dpo.wall_time_s
+    return row
+
+
+def main(argv=None):
+    import os
+    import tempfile
+
+    args = parse_args(argv)
+    os.environ["FTLAB_PROFILE"] = args.profile
+    import ftlab
+    from ftlab.align import grpo_prompts, load_preferences, precompute_reference, tokenize_preferences
+    from ftlab.data import data_dir, load_course_data
+
+    profile = ftlab.get_profile()
+    s = _settings(profile)
+    base, tok = ftlab.load_model(args.model)
+    prefs = load_preferences(data_dir() / "preferences.jsonl")
+    course = [r for r in load_course_data("instructions", "test") if r["task"] in ("classify", "extract_json")]
+    data = {"pairs": prefs[:s["batch"] * s["steps"]], "probes": load_course_data("probes")[:s["n_eval"]],
+            "held": precompute_reference(base, tokenize_preferences(prefs[-s["held"]:], tok, profile.max_length), 8,
+                                         tok.pad_token_id, ref_model=base),
+            "test": grpo_prompts(course[:s["n_eval"]]),
+            "sft": [r for r in load_course_data("instructions", "train") if r["task"] in ("classify", "extract_json")]}
+    start = _measure(base, base, tok, data, s)
+    print(f"instruct model: task {start['task']:.2f}, format {start['format']:.2f}, probes {start['probes']:.2f}", flush=True)
+    with tempfile.TemporaryDirectory() as out:
+        for name in args.only:
+            t0 = time.time()
+            row = _pipeline(base, tok, data, s, *GUARDS[name], f"{out}/{name.replace(' ', '_')}")
+            kept = start["probes"] - row["probes"] <= MAX_PROBE_DROP
+            print(f"{name:16s} " + "  ".join(f"{k} {v:.3g}" for k, v in row.items())
+                  + f"  probes kept (<= {MAX_PROBE_DROP:.0%} drop): {'yes' if kept else 'no'}  [{time.time() - t0:.0f} s]",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
