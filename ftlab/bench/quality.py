@@ -62,6 +62,7 @@ def parse_args(argv=None):
     p.add_argument("--train-limit", type=int, default=None, help="use only N task training examples (per all tasks)")
     p.add_argument("--data-sizes", default=None, metavar="N1,N2,...",
                    help="the data-size curve: one training run per size (task examples), --steps each")
+    p.add_argument("--no-train", action="store_true", help="measure only the prompting rows (no fine-tune)")
     p.add_argument("--tasks", default="all", help="comma-separated course tasks to train and test on")
     p.add_argument("--prompting", default=",".join(STYLES),
                    help=f"prompting rows to measure (comma-separated from {', '.join(STYLES)}; 'none' for none)")
@@ -262,6 +263,8 @@ def main(argv=None) -> int:
         print("\n[1/3] prompting the base model", flush=True)
         rows = prompting_rows(model, tok, data, args, data["train_task"])
     del model
+    if args.no_train:
+        return prompting_only(args, rows)
     if args.data_sizes:
         data_size_curve(args, data, base_probes)
         return 0
@@ -322,6 +325,22 @@ def report(args, rows, tuned, base_probes, tuned_probes, wall, cpu, summary):
           f"best_prompt={best.style if best else '-'}:{best.result.score if best else float('nan'):.3f} "
           f"probes_change={probe_change:+.3f} n={len(tuned.result.examples)} split={args.eval_split} "
           f"train_s={wall:.0f} target_met={'yes' if met else 'no'}")
+
+
+def prompting_only(args, rows) -> int:
+    """--no-train: the prompting rows alone (a cheap first look, or a machine too busy to train on)."""
+    from ftlab.evaluate.prompting import best_prompt
+
+    print(qa_layouts(rows))
+    if args.save:
+        with open(args.save, "w", encoding="utf-8") as f:
+            json.dump({"command": "python -m ftlab.bench.quality " + " ".join(sys.argv[1:]), "model": args.model,
+                       "date": time.strftime("%Y-%m-%d %H:%M"), "load_avg": _load(), "split": args.eval_split,
+                       "rows": [row_json(r) for r in rows]}, f, indent=1)
+    best = best_prompt(rows)
+    print(f"prompting_only best_prompt={best.style}:{best.result.score:.3f} n={len(best.result.examples)} "
+          f"split={args.eval_split} load {_load()}")
+    return 0
 
 
 def recorded_result(path=None) -> dict:
