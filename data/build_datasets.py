@@ -255,7 +255,9 @@ ORDER_SENTENCES = split_pool([
     "I received {qty} {product} with order {oid}.",
     "On order {oid} I got {qty} {product}.",
     "Regarding my purchase {oid} of {qty} {product}:",
-    "The {product} I ordered ({qty} of them, order {oid}) is the problem.",
+    # Neutral on purpose: "... is the problem." here once called the product faulty in tickets of every
+    # category, so 18 of the 75 classify test tickets read as "technical" whatever their label was.
+    "This message is about the {product} I ordered ({qty} of them, order {oid}).",
     "Reference {oid} - {qty} {product}.",
 ], 3)
 ORDER_SENTENCES_NO_ID = split_pool([

@@ -13,5 +13,6 @@ from ftlab.evaluate.metrics.bleu_chrf import bleu, chrf
 from ftlab.evaluate.metrics.diversity import distinct_n, repetition_rate
 from ftlab.evaluate.metrics.language_model import perplexity
 from ftlab.evaluate.metrics.rouge_family import rouge
+from ftlab.evaluate.prompting import best_prompt, evaluate_prompting, prompting_table
 from ftlab.evaluate.scoring import score_example, score_probe
 from ftlab.evaluate.stats import bootstrap_ci, paired_difference
