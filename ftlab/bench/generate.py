@@ -5,15 +5,19 @@
 
 * **ftlab**: ``generate_answers``, the path ``evaluate_model``, ``chat`` and GRPO sampling share
   (``ftlab.generation``: prompts sorted by length, a row leaves the batch when it ends);
+* **before**: ftlab's loop as it was at commit 20059f9 (``_generate_before``, kept here only for this
+  comparison): the whole prompt of every row through the model, a cache that grows by concatenation.
+  The loop now shares the prompts' common prefix and writes its cache in place;
 * **model.generate**: the same sorted batches through transformers' ``model.generate`` - what
   ``generate_answers`` did before it had its own loop;
 * **matmul limit**: the time this CPU takes for the model's own matrix products at that batch size
   (every ``nn.Linear`` shape, measured), turned into generated tokens/s. Nothing that runs the
   model can beat it; attention, norms and Python come on top.
 
-Tokens/s counts generated tokens (the end-of-turn token included) over wall time. Both paths must
+Tokens/s counts generated tokens (the end-of-turn token included) over wall time. All paths must
 give the same tokens (``same`` column); the script fails if they do not. The last lines print
-``speedup_16=`` (ftlab over model.generate at batch 16) and ``target_met=`` (>= 2x).
+``speedup_16=`` (ftlab over model.generate at batch 16), ``speedup_vs_before_16=`` and ``target_met=``
+(>= 2x over model.generate).
 
 Batch size B answers ``min(--prompts, 16·B)`` prompts, so batch 1 does not take all afternoon.
 The machine may be shared: the two paths run back to back per batch size, and the load average is
@@ -45,16 +49,47 @@ def load_prompts(tokenizer, n: int) -> list[list[int]]:
             for it in items]
 
 
-def run_ftlab(model, tokenizer, prompts, batch_size, max_new_tokens, stops) -> list[list[int]]:
-    """``generate_answers``' batching (sorted by length) around ftlab's loop; tokens in prompt order."""
+def _generate_before(model, prompt_ids, *, max_new_tokens, stop_ids, pad_id) -> list[list[int]]:
+    """ftlab's greedy loop as it was at commit 20059f9, for the before/after comparison only: every row's
+    whole prompt through the model, transformers' default cache (grows by concatenation), finished
+    rows leave the batch."""
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompt_ids])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    stops, rows, new = torch.tensor(sorted(set(stop_ids))), torch.arange(len(prompt_ids)), [[] for _ in prompt_ids]
+    with torch.inference_mode():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        cache, positions = out.past_key_values, positions[:, -1:]
+        for step in range(max_new_tokens):
+            token = out.logits[:, -1].argmax(-1)
+            for row, t in zip(rows.tolist(), token.tolist()):
+                new[row].append(t)
+            alive = ~torch.isin(token, stops)
+            if step == max_new_tokens - 1 or not alive.any():
+                break
+            if not alive.all():
+                keep = alive.nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                rows, token, mask, positions = rows[keep], token[keep], mask[keep], positions[keep]
+            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+            positions = positions + 1
+            out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions,
+                        past_key_values=cache, use_cache=True)
+    return new
+
+
+def run_ftlab(model, tokenizer, prompts, batch_size, max_new_tokens, stops, loop=None) -> list[list[int]]:
+    """``generate_answers``' batching (sorted by length) around ftlab's loop (or ``loop``); tokens in prompt order."""
     from ftlab.generation import generate_tokens
 
+    loop = loop or generate_tokens
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
         batch = order[start:start + batch_size]
-        new = generate_tokens(model, [prompts[i] for i in batch], max_new_tokens=max_new_tokens,
-                              stop_ids=stops, pad_id=tokenizer.pad_token_id)
+        new = loop(model, [prompts[i] for i in batch], max_new_tokens=max_new_tokens,
+                   stop_ids=stops, pad_id=tokenizer.pad_token_id)
         for i, tokens in zip(batch, new):
             out[i] = tokens
     return out
@@ -93,27 +128,34 @@ def matmul_limit(model, batch_size: int, min_seconds: float = 0.2) -> dict:
     return {"tok_s": batch_size / step_s, "gflop_s": step_flop / step_s / 1e9}
 
 
+def run_before(model, tokenizer, prompts, batch_size, max_new_tokens, stops) -> list[list[int]]:
+    return run_ftlab(model, tokenizer, prompts, batch_size, max_new_tokens, stops, loop=_generate_before)
+
+
 def bench_batch(model, tokenizer, prompts, batch_size, max_new_tokens, stops) -> dict:
-    """Both paths on the same prompts, back to back, and the matmul limit at this batch size."""
+    """The three paths on the same prompts, back to back, and the matmul limit at this batch size."""
     timings, outputs = {}, {}
-    for name, fn in (("ftlab", run_ftlab), ("generate", run_hf_generate)):
+    for name, fn in (("before", run_before), ("ftlab", run_ftlab), ("generate", run_hf_generate)):
         t0 = time.perf_counter()
         outputs[name] = fn(model, tokenizer, prompts, batch_size, max_new_tokens, stops)
         timings[name] = time.perf_counter() - t0
     tokens = sum(len(t) for t in outputs["ftlab"])
     limit = matmul_limit(model, batch_size)
     return {"batch": batch_size, "prompts": len(prompts), "tokens": tokens,
-            "ftlab_tok_s": tokens / timings["ftlab"], "generate_tok_s": tokens / timings["generate"],
-            "speedup": timings["generate"] / timings["ftlab"], "same": outputs["ftlab"] == outputs["generate"],
+            "before_tok_s": tokens / timings["before"], "ftlab_tok_s": tokens / timings["ftlab"],
+            "generate_tok_s": tokens / timings["generate"], "speedup": timings["generate"] / timings["ftlab"],
+            "speedup_vs_before": timings["before"] / timings["ftlab"],
+            "same": outputs["ftlab"] == outputs["generate"] == outputs["before"],
             "limit_tok_s": limit["tok_s"], "limit_gflop_s": limit["gflop_s"]}
 
 
 def print_table(rows) -> None:
-    print(f"{'batch':>5} {'prompts':>7} {'tokens':>6} {'ftlab tok/s':>11} {'generate tok/s':>14} "
-          f"{'speed-up':>8} {'same':>5} {'matmul limit tok/s':>18} {'(GFLOP/s)':>9} {'ftlab % of limit':>16}")
+    print(f"{'batch':>5} {'prompts':>7} {'tokens':>6} {'before tok/s':>12} {'ftlab tok/s':>11} {'generate tok/s':>14} "
+          f"{'vs before':>9} {'vs generate':>11} {'same':>5} {'matmul limit tok/s':>18} {'(GFLOP/s)':>9} "
+          f"{'ftlab % of limit':>16}")
     for r in rows:
-        print(f"{r['batch']:>5} {r['prompts']:>7} {r['tokens']:>6} {r['ftlab_tok_s']:>11.1f} "
-              f"{r['generate_tok_s']:>14.1f} {r['speedup']:>7.2f}x {str(r['same']):>5} "
+        print(f"{r['batch']:>5} {r['prompts']:>7} {r['tokens']:>6} {r['before_tok_s']:>12.1f} {r['ftlab_tok_s']:>11.1f} "
+              f"{r['generate_tok_s']:>14.1f} {r['speedup_vs_before']:>8.2f}x {r['speedup']:>10.2f}x {str(r['same']):>5} "
               f"{r['limit_tok_s']:>18.0f} {r['limit_gflop_s']:>9.1f} {100 * r['ftlab_tok_s'] / r['limit_tok_s']:>15.0f}%")
 
 
@@ -149,11 +191,12 @@ def main(argv=None) -> int:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=1)
     if not all(r["same"] for r in rows):
-        print("FAILED: ftlab's greedy tokens differ from model.generate's")
+        print("FAILED: the greedy tokens differ between ftlab, its loop before and model.generate")
         return 1
     at16 = [r for r in rows if r["batch"] == 16]
     if at16:
         print(f"speedup_16={at16[0]['speedup']:.2f}")
+        print(f"speedup_vs_before_16={at16[0]['speedup_vs_before']:.2f}")
         print(f"target_met={'yes' if at16[0]['speedup'] >= TARGET_SPEEDUP else 'no'} (>= {TARGET_SPEEDUP:.0f}x)")
     return 0
 
