@@ -10,9 +10,11 @@
   The loop now shares the prompts' common prefix and writes its cache in place;
 * **model.generate**: the same sorted batches through transformers' ``model.generate`` - what
   ``generate_answers`` did before it had its own loop;
-* **matmul limit**: the time this CPU takes for the model's own matrix products at that batch size
-  (every ``nn.Linear`` shape, measured), turned into generated tokens/s. Nothing that runs the
-  model can beat it; attention, norms and Python come on top.
+* **matmul limit**: the time this CPU takes for the model's own matrix products (every ``nn.Linear``
+  shape, measured), turned into generated tokens/s: for the decode steps alone at that batch size
+  (``decode limit``), and with the prompts read once each (``limit with prompts``; ``prompt share``
+  is their part of it). Nothing that runs the model can beat the latter; attention, norms and
+  Python come on top.
 
 Tokens/s counts generated tokens (the end-of-turn token included) over wall time. All paths must
 give the same tokens (``same`` column); the script fails if they do not. The last lines print
@@ -114,18 +116,33 @@ def run_hf_generate(model, tokenizer, prompts, batch_size, max_new_tokens, stops
     return out
 
 
-def matmul_limit(model, batch_size: int, min_seconds: float = 0.2) -> dict:
-    """Generated tokens/s if a decode step cost only its matrix products: every ``nn.Linear`` shape
-    of the model timed at ``batch_size`` rows on this machine, weighted by how often it occurs."""
+def _linear_seconds(shapes, rows: int, flops: dict) -> float:
+    return sum(count * 2 * rows * k * n / flops[f"{rows}x{k}x{n}"] for (k, n), count in shapes.items())
+
+
+def matmul_limit(model, batch_size: int, prompt_tokens: int, generated: int, min_seconds: float = 0.2) -> dict:
+    """Generated tokens/s if the model cost only its matrix products, timed on this machine for every
+    ``nn.Linear`` shape of the model: a decode step at ``batch_size`` rows, and reading the prompts
+    (``prompt_tokens``, each once, no padding; 1024 rows per product) without the output layer, which
+    a prompt needs at its last position only. ``decode_tok_s`` counts the decode steps alone;
+    ``tok_s`` adds the prompts - with course prompts about three times as long as their answers,
+    reading them is most of the work, and no change to the decode loop can remove it."""
     from ftlab.bench.train import measure_matmul_flops
 
     shapes = collections.Counter((m.in_features, m.out_features) for m in model.modules()
                                  if isinstance(m, torch.nn.Linear))
+    head = model.get_output_embeddings()
+    body = shapes - collections.Counter([(head.in_features, head.out_features)])
+    chunk = 1024
     flops = measure_matmul_flops(torch.device("cpu"), torch.float32,
-                                 [(batch_size, k, n) for k, n in shapes], min_seconds=min_seconds)
-    step_s = sum(count * 2 * batch_size * k * n / flops[f"{batch_size}x{k}x{n}"] for (k, n), count in shapes.items())
+                                 [(batch_size, k, n) for k, n in shapes] + [(chunk, k, n) for k, n in body],
+                                 min_seconds=min_seconds)
+    step_s = _linear_seconds(shapes, batch_size, flops)
     step_flop = sum(count * 2 * batch_size * k * n for (k, n), count in shapes.items())
-    return {"tok_s": batch_size / step_s, "gflop_s": step_flop / step_s / 1e9}
+    prompt_s = prompt_tokens * _linear_seconds(body, chunk, flops) / chunk
+    decode_s = generated * step_s / batch_size
+    return {"decode_tok_s": batch_size / step_s, "gflop_s": step_flop / step_s / 1e9,
+            "tok_s": generated / (prompt_s + decode_s), "prompt_share": prompt_s / (prompt_s + decode_s)}
 
 
 def run_before(model, tokenizer, prompts, batch_size, max_new_tokens, stops) -> list[list[int]]:
@@ -140,23 +157,25 @@ def bench_batch(model, tokenizer, prompts, batch_size, max_new_tokens, stops) ->
         outputs[name] = fn(model, tokenizer, prompts, batch_size, max_new_tokens, stops)
         timings[name] = time.perf_counter() - t0
     tokens = sum(len(t) for t in outputs["ftlab"])
-    limit = matmul_limit(model, batch_size)
+    limit = matmul_limit(model, batch_size, sum(len(p) for p in prompts), tokens)
     return {"batch": batch_size, "prompts": len(prompts), "tokens": tokens,
             "before_tok_s": tokens / timings["before"], "ftlab_tok_s": tokens / timings["ftlab"],
             "generate_tok_s": tokens / timings["generate"], "speedup": timings["generate"] / timings["ftlab"],
             "speedup_vs_before": timings["before"] / timings["ftlab"],
             "same": outputs["ftlab"] == outputs["generate"] == outputs["before"],
-            "limit_tok_s": limit["tok_s"], "limit_gflop_s": limit["gflop_s"]}
+            "limit_tok_s": limit["tok_s"], "decode_limit_tok_s": limit["decode_tok_s"],
+            "limit_gflop_s": limit["gflop_s"], "prompt_share": limit["prompt_share"]}
 
 
 def print_table(rows) -> None:
     print(f"{'batch':>5} {'prompts':>7} {'tokens':>6} {'before tok/s':>12} {'ftlab tok/s':>11} {'generate tok/s':>14} "
-          f"{'vs before':>9} {'vs generate':>11} {'same':>5} {'matmul limit tok/s':>18} {'(GFLOP/s)':>9} "
-          f"{'ftlab % of limit':>16}")
+          f"{'vs before':>9} {'vs generate':>11} {'same':>5} {'decode limit':>12} {'(GFLOP/s)':>9} "
+          f"{'limit with prompts':>18} {'prompt share':>12} {'ftlab % of limit':>16}")
     for r in rows:
         print(f"{r['batch']:>5} {r['prompts']:>7} {r['tokens']:>6} {r['before_tok_s']:>12.1f} {r['ftlab_tok_s']:>11.1f} "
               f"{r['generate_tok_s']:>14.1f} {r['speedup_vs_before']:>8.2f}x {r['speedup']:>10.2f}x {str(r['same']):>5} "
-              f"{r['limit_tok_s']:>18.0f} {r['limit_gflop_s']:>9.1f} {100 * r['ftlab_tok_s'] / r['limit_tok_s']:>15.0f}%")
+              f"{r['decode_limit_tok_s']:>12.0f} {r['limit_gflop_s']:>9.1f} {r['limit_tok_s']:>18.0f} "
+              f"{100 * r['prompt_share']:>11.0f}% {100 * r['ftlab_tok_s'] / r['limit_tok_s']:>15.0f}%")
 
 
 def main(argv=None) -> int:
