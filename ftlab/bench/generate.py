@@ -204,7 +204,9 @@ def main(argv=None) -> int:
     for batch_size in [int(b) for b in args.batches.split(",")]:
         chosen = prompts[:min(len(prompts), 16 * batch_size)]
         rows.append(bench_batch(model, tokenizer, chosen, batch_size, args.max_new_tokens, stops))
-        print(f"  batch {batch_size} done (load average {os.getloadavg()[0]:.1f})", flush=True)
+        print(f"  batch {batch_size} done (load average {os.getloadavg()[0]:.1f}): before {rows[-1]['before_tok_s']:.1f}, "
+              f"ftlab {rows[-1]['ftlab_tok_s']:.1f}, model.generate {rows[-1]['generate_tok_s']:.1f} tokens/s, "
+              f"same tokens {rows[-1]['same']}", flush=True)
     print_table(rows)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
