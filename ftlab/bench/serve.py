@@ -66,6 +66,9 @@ def _run_server(server, name, mode, prompts, args, rows) -> None:
             row.update(server=name, mode=mode)
             rows.append(row)
             print(format_load_table([row]).splitlines()[1], flush=True)
+            if row["requests"] + row["errors"] < max(args.requests, n):
+                print(f"  this level hit --seconds {args.seconds:.0f} after {row['requests'] + row['errors']} of "
+                      f"{max(args.requests, n)} requests: its percentiles rest on fewer requests")
             if row["errors"]:
                 print(f"  first error: {row['first_error']}")
 
