@@ -22,8 +22,8 @@ give the same tokens (``same`` column); the script fails if they do not. The las
 (>= 2x over model.generate).
 
 Batch size B answers ``min(--prompts, 16·B)`` prompts, so batch 1 does not take all afternoon.
-The machine may be shared: the two paths run back to back per batch size, and the load average is
-printed before and after; compare numbers of one run. The profile picks the model and sizes: the
+The machine may be shared: the paths take turns batch by batch, and the load average is printed
+before and after; compare numbers of one run. The profile picks the model and sizes: the
 laptop profile runs SmolLM2-135M-Instruct on 96 prompts (a few minutes on 2 cores), the ci profile
 the tiny random model in seconds (its answers never stop, so it checks the script, not the speed).
 """
@@ -81,39 +81,50 @@ def _generate_before(model, prompt_ids, *, max_new_tokens, stop_ids, pad_id) -> 
     return new
 
 
-def run_ftlab(model, tokenizer, prompts, batch_size, max_new_tokens, stops, loop=None) -> list[list[int]]:
-    """``generate_answers``' batching (sorted by length) around ftlab's loop (or ``loop``); tokens in prompt order."""
+def _ftlab(model, batch, max_new_tokens, stops, pad) -> list[list[int]]:
     from ftlab.generation import generate_tokens
 
-    loop = loop or generate_tokens
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    out = [None] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
-        new = loop(model, [prompts[i] for i in batch], max_new_tokens=max_new_tokens,
-                   stop_ids=stops, pad_id=tokenizer.pad_token_id)
-        for i, tokens in zip(batch, new):
-            out[i] = tokens
-    return out
+    return generate_tokens(model, batch, max_new_tokens=max_new_tokens, stop_ids=stops, pad_id=pad)
 
 
-def run_hf_generate(model, tokenizer, prompts, batch_size, max_new_tokens, stops) -> list[list[int]]:
-    """The same sorted batches through ``model.generate`` (left padding), cut after the first stop token."""
+def _before(model, batch, max_new_tokens, stops, pad) -> list[list[int]]:
+    return _generate_before(model, batch, max_new_tokens=max_new_tokens, stop_ids=stops, pad_id=pad)
+
+
+def _hf_generate(model, batch, max_new_tokens, stops, pad) -> list[list[int]]:
+    """One left-padded batch through ``model.generate``, each row cut after its first stop token."""
+    width = max(len(p) for p in batch)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+    with torch.no_grad():
+        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                             do_sample=False, eos_token_id=stops, pad_token_id=pad)
+    return [row[:next((k + 1 for k, t in enumerate(row) if t in stops), len(row))]
+            for row in gen[:, width:].tolist()]
+
+
+PATHS = {"before": _before, "ftlab": _ftlab, "generate": _hf_generate}
+
+
+def run_paths(model, tokenizer, prompts, batch_size, max_new_tokens, stops) -> tuple[dict, dict]:
+    """``generate_answers``' batching (prompts sorted by length) through every path in ``PATHS``.
+
+    The paths take turns batch by batch (in a rotating order), so a change in the machine's load
+    during the run slows all of them alike instead of the one that happened to run then. Returns
+    each path's tokens in prompt order and its seconds."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    out = [None] * len(prompts)
-    pad = tokenizer.pad_token_id
-    for start in range(0, len(order), batch_size):
+    outputs = {name: [None] * len(prompts) for name in PATHS}
+    seconds = dict.fromkeys(PATHS, 0.0)
+    names = list(PATHS)
+    for k, start in enumerate(range(0, len(order), batch_size)):
         batch = order[start:start + batch_size]
-        width = max(len(prompts[i]) for i in batch)
-        ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in batch])
-        mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in batch])
-        with torch.no_grad():
-            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                 do_sample=False, eos_token_id=stops, pad_token_id=pad)
-        for i, row in zip(batch, gen[:, width:].tolist()):
-            end = next((k + 1 for k, t in enumerate(row) if t in stops), len(row))
-            out[i] = row[:end]
-    return out
+        for name in names[k % len(names):] + names[:k % len(names)]:
+            t0 = time.perf_counter()
+            new = PATHS[name](model, [prompts[i] for i in batch], max_new_tokens, stops, tokenizer.pad_token_id)
+            seconds[name] += time.perf_counter() - t0
+            for i, tokens in zip(batch, new):
+                outputs[name][i] = tokens
+    return outputs, seconds
 
 
 def _linear_seconds(shapes, rows: int, flops: dict) -> float:
@@ -145,17 +156,9 @@ def matmul_limit(model, batch_size: int, prompt_tokens: int, generated: int, min
             "tok_s": generated / (prompt_s + decode_s), "prompt_share": prompt_s / (prompt_s + decode_s)}
 
 
-def run_before(model, tokenizer, prompts, batch_size, max_new_tokens, stops) -> list[list[int]]:
-    return run_ftlab(model, tokenizer, prompts, batch_size, max_new_tokens, stops, loop=_generate_before)
-
-
 def bench_batch(model, tokenizer, prompts, batch_size, max_new_tokens, stops) -> dict:
-    """The three paths on the same prompts, back to back, and the matmul limit at this batch size."""
-    timings, outputs = {}, {}
-    for name, fn in (("before", run_before), ("ftlab", run_ftlab), ("generate", run_hf_generate)):
-        t0 = time.perf_counter()
-        outputs[name] = fn(model, tokenizer, prompts, batch_size, max_new_tokens, stops)
-        timings[name] = time.perf_counter() - t0
+    """The paths on the same prompts, taking turns, and the matmul limit at this batch size."""
+    outputs, timings = run_paths(model, tokenizer, prompts, batch_size, max_new_tokens, stops)
     tokens = sum(len(t) for t in outputs["ftlab"])
     limit = matmul_limit(model, batch_size, sum(len(p) for p in prompts), tokens)
     return {"batch": batch_size, "prompts": len(prompts), "tokens": tokens,
