@@ -12,6 +12,7 @@ has written its end-of-turn token leaves the batch, so a batch gets cheaper as i
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 
@@ -55,6 +56,108 @@ def _next_tokens(logits, do_sample: bool, temperature: float, top_p: float, gene
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
 
 
+@functools.cache
+def _growing_layer():
+    """The class of one layer's key/value cache written into a buffer allocated once for the answer.
+
+    transformers' ``DynamicLayer`` concatenates every new token onto the cache: a copy of all keys and
+    values, per layer, per step (at batch 16 about a fifth of a decode step's memory traffic). Here the
+    buffer has room for the prompt and every new token, a step writes its column in place, and
+    attention reads a view of the filled part: the same numbers, without the copies. (Built on first
+    use, so that importing this module needs no torch.)
+    """
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        def __init__(self, capacity: int):
+            super().__init__()
+            self.capacity, self.length, self._k, self._v = capacity, 0, None, None
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            new = key_states.shape[-2]
+            if self._k is None:
+                self.dtype, self.device, self.is_initialized = key_states.dtype, key_states.device, True
+                self._k = key_states.new_empty(*key_states.shape[:2], self.capacity, key_states.shape[-1])
+                self._v = value_states.new_empty(*value_states.shape[:2], self.capacity, value_states.shape[-1])
+            if self.length + new > self.capacity:
+                raise RuntimeError(f"KV cache full: {self.length} + {new} > {self.capacity} positions")
+            self._k[:, :, self.length:self.length + new] = key_states
+            self._v[:, :, self.length:self.length + new] = value_states
+            self.length += new
+            self.keys, self.values = self._k[:, :, :self.length], self._v[:, :, :self.length]
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.length
+
+        def _rows(self, index) -> None:
+            if self._k is not None:
+                self._k, self._v = self._k[index], self._v[index]
+                self.keys, self.values = self._k[:, :, :self.length], self._v[:, :, :self.length]
+
+        def batch_select_indices(self, indices) -> None:
+            self._rows(indices)
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            if self._k is not None:
+                self._rows(torch.arange(self._k.shape[0], device=self._k.device).repeat_interleave(repeats))
+
+        def crop(self, tokens_to_remove: int) -> None:
+            raise NotImplementedError("ftlab's generation cache is never cropped")
+
+    return GrowingLayer
+
+
+def _new_cache(capacity: int):
+    """A transformers ``DynamicCache`` whose layers are buffers of ``capacity`` positions."""
+    from transformers import DynamicCache
+
+    cache, layer = DynamicCache(), _growing_layer()
+    cache.layers = []  # created as the forward reaches each model layer
+    cache.layer_class_to_replicate = lambda: layer(capacity)
+    return cache
+
+
+def _shared_prefix(prompt_ids) -> int:
+    """How many leading tokens every prompt of the batch shares (the chat template's system turn at
+    least), leaving each prompt at least one token of its own."""
+    first, shortest = prompt_ids[0], min(len(p) for p in prompt_ids)
+    n = 0
+    while n < shortest - 1 and all(p[n] == first[n] for p in prompt_ids):
+        n += 1
+    return n
+
+
+def _prefill(model, prompt_ids, pad_id: int, capacity: int, extra: dict):
+    """Run the prompts through the model once; returns the output, the cache, the attention mask and
+    each row's last position.
+
+    The tokens every prompt shares (``_shared_prefix``) go through the model once, as one row, and
+    their cache is copied to every row; only the rest of each prompt runs as a batch, left-padded
+    behind the shared part. Position ids count real tokens only, so each row sees exactly the
+    positions it would see alone - as in ``model.generate``, whose greedy tokens a test compares.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    cache = _new_cache(capacity)
+    shared = _shared_prefix(prompt_ids) if len(prompt_ids) > 1 else 0
+    if shared:
+        head = torch.tensor([prompt_ids[0][:shared]], device=device)
+        model(input_ids=head, position_ids=torch.arange(shared, device=device)[None], past_key_values=cache,
+              use_cache=True, **extra)
+        cache.batch_repeat_interleave(len(prompt_ids))
+    rest = [p[shared:] for p in prompt_ids]
+    width = max(len(p) for p in rest)
+    ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in rest], device=device)
+    mask = torch.tensor([[1] * shared + [0] * (width - len(p)) + [1] * len(p) for p in rest], device=device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+                **extra)
+    return out, cache, mask, positions[:, -1:]
+
+
 def generate_tokens(model, prompt_ids, *, max_new_tokens: int, stop_ids, pad_id: int,
                     do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                     generator=None) -> list[list[int]]:
@@ -65,12 +168,12 @@ def generate_tokens(model, prompt_ids, *, max_new_tokens: int, stop_ids, pad_id:
     ``model.generate(do_sample=False)``; sampling applies ``temperature`` then ``top_p`` and
     draws from ``generator`` (None: torch's global generator).
 
-    How it is done: prompts are padded on the left, so the next token of every row is written
-    at the same position; position ids count only real tokens, as ``model.generate`` does.
-    The prompt goes through the model once, computing the output layer at its last position
-    only, and then one token per step reuses the key/value cache. A row that has produced its
-    stop token leaves the batch (its cache rows are dropped), so the remaining rows pay for
-    nothing they do not need. ``torch.inference_mode`` records no autograd state.
+    How it is done (``python -m ftlab.bench.generate`` measures it): the prompts go through the
+    model once (``_prefill``: the part all prompts share only once, the output layer at the last
+    position only); then one token per step reuses the key/value cache, which is written in place
+    into a buffer sized for the whole answer (``_GrowingKV``). A row that has produced its stop
+    token leaves the batch (its cache rows are dropped), so the remaining rows pay for nothing
+    they do not need. ``torch.inference_mode`` records no autograd state.
     """
     import torch
 
@@ -80,17 +183,13 @@ def generate_tokens(model, prompt_ids, *, max_new_tokens: int, stop_ids, pad_id:
         raise ValueError(f"sampling needs temperature > 0 and 0 < top_p <= 1 "
                          f"(got temperature={temperature}, top_p={top_p}); use do_sample=False for greedy")
     device = next(model.parameters()).device
-    width = max(len(p) for p in prompt_ids)
-    ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompt_ids], device=device)
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
     stops = torch.tensor(sorted(set(stop_ids)), device=device)
     extra = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
     rows = torch.arange(len(prompt_ids), device=device)  # which prompt each batch row still is
     new = [[] for _ in prompt_ids]
     with torch.inference_mode():
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
-        cache, positions = out.past_key_values, positions[:, -1:]
+        capacity = max(len(p) for p in prompt_ids) + max_new_tokens
+        out, cache, mask, positions = _prefill(model, prompt_ids, pad_id, capacity, extra)
         for step in range(max_new_tokens):
             token = _next_tokens(out.logits[:, -1].float(), do_sample, temperature, top_p, generator)
             for row, t in zip(rows.tolist(), token.tolist()):

@@ -63,6 +63,26 @@ def test_greedy_equals_model_generate_with_rows_stopping_at_different_steps(tiny
             for p in ids] == expected
 
 
+def test_greedy_equals_the_loop_before_the_speed_up_and_shares_prompt_prefixes(tiny):
+    """The loop that shares the prompts' common prefix and writes its cache in place gives the tokens of
+    the loop it replaced (kept in the benchmark) and of ``model.generate`` - also when prompts repeat
+    (GRPO samples one prompt several times) or one prompt is the start of another."""
+    from ftlab.bench.generate import _generate_before
+    from ftlab.generation import _shared_prefix
+
+    model, tok = tiny
+    ids = prompt_ids(tok, PROMPTS)
+    assert _shared_prefix(ids) > 10  # the chat template's system turn
+    stops = sorted({row[3] for row in hf_generate(model, ids, 6, [tok.eos_token_id], tok.pad_token_id)})
+    kw = dict(max_new_tokens=10, stop_ids=stops, pad_id=tok.pad_token_id)
+    assert generate_tokens(model, ids, **kw) == _generate_before(model, ids, **kw)
+    nested = [ids[1], ids[1], ids[1][:-3], ids[2]]
+    assert _shared_prefix(nested) == _shared_prefix(ids) and _shared_prefix(nested[:2]) == len(ids[1]) - 1
+    expected = hf_generate(model, nested, 10, stops, tok.pad_token_id)
+    assert generate_tokens(model, nested, **kw) == _generate_before(model, nested, **kw) == expected
+    assert generate_tokens(model, nested[:2], **kw) == expected[:2]
+
+
 def test_generate_answers_equals_the_model_generate_path(tiny):
     """``generate_answers`` (sorted batches, answers back in prompt order) == the batches through ``model.generate``."""
     from ftlab.evaluate import generate_answers

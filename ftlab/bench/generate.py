@@ -5,19 +5,25 @@
 
 * **ftlab**: ``generate_answers``, the path ``evaluate_model``, ``chat`` and GRPO sampling share
   (``ftlab.generation``: prompts sorted by length, a row leaves the batch when it ends);
+* **before**: ftlab's loop as it was at commit 20059f9 (``_generate_before``, kept here only for this
+  comparison): the whole prompt of every row through the model, a cache that grows by concatenation.
+  The loop now shares the prompts' common prefix and writes its cache in place;
 * **model.generate**: the same sorted batches through transformers' ``model.generate`` - what
   ``generate_answers`` did before it had its own loop;
-* **matmul limit**: the time this CPU takes for the model's own matrix products at that batch size
-  (every ``nn.Linear`` shape, measured), turned into generated tokens/s. Nothing that runs the
-  model can beat it; attention, norms and Python come on top.
+* **matmul limit**: the time this CPU takes for the model's own matrix products (every ``nn.Linear``
+  shape, measured), turned into generated tokens/s: for the decode steps alone at that batch size
+  (``decode limit``), and with the prompts read once each (``limit with prompts``; ``prompt share``
+  is their part of it). Nothing that runs the model can beat the latter; attention, norms and
+  Python come on top.
 
-Tokens/s counts generated tokens (the end-of-turn token included) over wall time. Both paths must
+Tokens/s counts generated tokens (the end-of-turn token included) over wall time. All paths must
 give the same tokens (``same`` column); the script fails if they do not. The last lines print
-``speedup_16=`` (ftlab over model.generate at batch 16) and ``target_met=`` (>= 2x).
+``speedup_16=`` (ftlab over model.generate at batch 16), ``speedup_vs_before_16=`` and ``target_met=``
+(>= 2x over model.generate).
 
 Batch size B answers ``min(--prompts, 16·B)`` prompts, so batch 1 does not take all afternoon.
-The machine may be shared: the two paths run back to back per batch size, and the load average is
-printed before and after; compare numbers of one run. The profile picks the model and sizes: the
+The machine may be shared: the paths take turns batch by batch, and the load average is printed
+before and after; compare numbers of one run. The profile picks the model and sizes: the
 laptop profile runs SmolLM2-135M-Instruct on 96 prompts (a few minutes on 2 cores), the ci profile
 the tiny random model in seconds (its answers never stop, so it checks the script, not the speed).
 """
@@ -45,76 +51,134 @@ def load_prompts(tokenizer, n: int) -> list[list[int]]:
             for it in items]
 
 
-def run_ftlab(model, tokenizer, prompts, batch_size, max_new_tokens, stops) -> list[list[int]]:
-    """``generate_answers``' batching (sorted by length) around ftlab's loop; tokens in prompt order."""
+def _generate_before(model, prompt_ids, *, max_new_tokens, stop_ids, pad_id) -> list[list[int]]:
+    """ftlab's greedy loop as it was at commit 20059f9, for the before/after comparison only: every row's
+    whole prompt through the model, transformers' default cache (grows by concatenation), finished
+    rows leave the batch."""
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompt_ids])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    stops, rows, new = torch.tensor(sorted(set(stop_ids))), torch.arange(len(prompt_ids)), [[] for _ in prompt_ids]
+    with torch.inference_mode():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        cache, positions = out.past_key_values, positions[:, -1:]
+        for step in range(max_new_tokens):
+            token = out.logits[:, -1].argmax(-1)
+            for row, t in zip(rows.tolist(), token.tolist()):
+                new[row].append(t)
+            alive = ~torch.isin(token, stops)
+            if step == max_new_tokens - 1 or not alive.any():
+                break
+            if not alive.all():
+                keep = alive.nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                rows, token, mask, positions = rows[keep], token[keep], mask[keep], positions[keep]
+            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+            positions = positions + 1
+            out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions,
+                        past_key_values=cache, use_cache=True)
+    return new
+
+
+def _ftlab(model, batch, max_new_tokens, stops, pad) -> list[list[int]]:
     from ftlab.generation import generate_tokens
 
+    return generate_tokens(model, batch, max_new_tokens=max_new_tokens, stop_ids=stops, pad_id=pad)
+
+
+def _before(model, batch, max_new_tokens, stops, pad) -> list[list[int]]:
+    return _generate_before(model, batch, max_new_tokens=max_new_tokens, stop_ids=stops, pad_id=pad)
+
+
+def _hf_generate(model, batch, max_new_tokens, stops, pad) -> list[list[int]]:
+    """One left-padded batch through ``model.generate``, each row cut after its first stop token."""
+    width = max(len(p) for p in batch)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+    with torch.no_grad():
+        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                             do_sample=False, eos_token_id=stops, pad_token_id=pad)
+    return [row[:next((k + 1 for k, t in enumerate(row) if t in stops), len(row))]
+            for row in gen[:, width:].tolist()]
+
+
+PATHS = {"before": _before, "ftlab": _ftlab, "generate": _hf_generate}
+
+
+def run_paths(model, tokenizer, prompts, batch_size, max_new_tokens, stops) -> tuple[dict, dict]:
+    """``generate_answers``' batching (prompts sorted by length) through every path in ``PATHS``.
+
+    The paths take turns batch by batch (in a rotating order), so a change in the machine's load
+    during the run slows all of them alike instead of the one that happened to run then. Returns
+    each path's tokens in prompt order and its seconds."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    out = [None] * len(prompts)
-    for start in range(0, len(order), batch_size):
+    outputs = {name: [None] * len(prompts) for name in PATHS}
+    seconds = dict.fromkeys(PATHS, 0.0)
+    names = list(PATHS)
+    for k, start in enumerate(range(0, len(order), batch_size)):
         batch = order[start:start + batch_size]
-        new = generate_tokens(model, [prompts[i] for i in batch], max_new_tokens=max_new_tokens,
-                              stop_ids=stops, pad_id=tokenizer.pad_token_id)
-        for i, tokens in zip(batch, new):
-            out[i] = tokens
-    return out
+        for name in names[k % len(names):] + names[:k % len(names)]:
+            t0 = time.perf_counter()
+            new = PATHS[name](model, [prompts[i] for i in batch], max_new_tokens, stops, tokenizer.pad_token_id)
+            seconds[name] += time.perf_counter() - t0
+            for i, tokens in zip(batch, new):
+                outputs[name][i] = tokens
+    return outputs, seconds
 
 
-def run_hf_generate(model, tokenizer, prompts, batch_size, max_new_tokens, stops) -> list[list[int]]:
-    """The same sorted batches through ``model.generate`` (left padding), cut after the first stop token."""
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    out = [None] * len(prompts)
-    pad = tokenizer.pad_token_id
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
-        width = max(len(prompts[i]) for i in batch)
-        ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in batch])
-        mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in batch])
-        with torch.no_grad():
-            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                 do_sample=False, eos_token_id=stops, pad_token_id=pad)
-        for i, row in zip(batch, gen[:, width:].tolist()):
-            end = next((k + 1 for k, t in enumerate(row) if t in stops), len(row))
-            out[i] = row[:end]
-    return out
+def _linear_seconds(shapes, rows: int, flops: dict) -> float:
+    return sum(count * 2 * rows * k * n / flops[f"{rows}x{k}x{n}"] for (k, n), count in shapes.items())
 
 
-def matmul_limit(model, batch_size: int, min_seconds: float = 0.2) -> dict:
-    """Generated tokens/s if a decode step cost only its matrix products: every ``nn.Linear`` shape
-    of the model timed at ``batch_size`` rows on this machine, weighted by how often it occurs."""
+def matmul_limit(model, batch_size: int, prompt_tokens: int, generated: int, min_seconds: float = 0.2) -> dict:
+    """Generated tokens/s if the model cost only its matrix products, timed on this machine for every
+    ``nn.Linear`` shape of the model: a decode step at ``batch_size`` rows, and reading the prompts
+    (``prompt_tokens``, each once, no padding; 1024 rows per product) without the output layer, which
+    a prompt needs at its last position only. ``decode_tok_s`` counts the decode steps alone;
+    ``tok_s`` adds the prompts - with course prompts about three times as long as their answers,
+    reading them is most of the work, and no change to the decode loop can remove it."""
     from ftlab.bench.train import measure_matmul_flops
 
     shapes = collections.Counter((m.in_features, m.out_features) for m in model.modules()
                                  if isinstance(m, torch.nn.Linear))
+    head = model.get_output_embeddings()
+    body = shapes - collections.Counter([(head.in_features, head.out_features)])
+    chunk = 1024
     flops = measure_matmul_flops(torch.device("cpu"), torch.float32,
-                                 [(batch_size, k, n) for k, n in shapes], min_seconds=min_seconds)
-    step_s = sum(count * 2 * batch_size * k * n / flops[f"{batch_size}x{k}x{n}"] for (k, n), count in shapes.items())
+                                 [(batch_size, k, n) for k, n in shapes] + [(chunk, k, n) for k, n in body],
+                                 min_seconds=min_seconds)
+    step_s = _linear_seconds(shapes, batch_size, flops)
     step_flop = sum(count * 2 * batch_size * k * n for (k, n), count in shapes.items())
-    return {"tok_s": batch_size / step_s, "gflop_s": step_flop / step_s / 1e9}
+    prompt_s = prompt_tokens * _linear_seconds(body, chunk, flops) / chunk
+    decode_s = generated * step_s / batch_size
+    return {"decode_tok_s": batch_size / step_s, "gflop_s": step_flop / step_s / 1e9,
+            "tok_s": generated / (prompt_s + decode_s), "prompt_share": prompt_s / (prompt_s + decode_s)}
 
 
 def bench_batch(model, tokenizer, prompts, batch_size, max_new_tokens, stops) -> dict:
-    """Both paths on the same prompts, back to back, and the matmul limit at this batch size."""
-    timings, outputs = {}, {}
-    for name, fn in (("ftlab", run_ftlab), ("generate", run_hf_generate)):
-        t0 = time.perf_counter()
-        outputs[name] = fn(model, tokenizer, prompts, batch_size, max_new_tokens, stops)
-        timings[name] = time.perf_counter() - t0
+    """The paths on the same prompts, taking turns, and the matmul limit at this batch size."""
+    outputs, timings = run_paths(model, tokenizer, prompts, batch_size, max_new_tokens, stops)
     tokens = sum(len(t) for t in outputs["ftlab"])
-    limit = matmul_limit(model, batch_size)
+    limit = matmul_limit(model, batch_size, sum(len(p) for p in prompts), tokens)
     return {"batch": batch_size, "prompts": len(prompts), "tokens": tokens,
-            "ftlab_tok_s": tokens / timings["ftlab"], "generate_tok_s": tokens / timings["generate"],
-            "speedup": timings["generate"] / timings["ftlab"], "same": outputs["ftlab"] == outputs["generate"],
-            "limit_tok_s": limit["tok_s"], "limit_gflop_s": limit["gflop_s"]}
+            "before_tok_s": tokens / timings["before"], "ftlab_tok_s": tokens / timings["ftlab"],
+            "generate_tok_s": tokens / timings["generate"], "speedup": timings["generate"] / timings["ftlab"],
+            "speedup_vs_before": timings["before"] / timings["ftlab"],
+            "same": outputs["ftlab"] == outputs["generate"] == outputs["before"],
+            "limit_tok_s": limit["tok_s"], "decode_limit_tok_s": limit["decode_tok_s"],
+            "limit_gflop_s": limit["gflop_s"], "prompt_share": limit["prompt_share"]}
 
 
 def print_table(rows) -> None:
-    print(f"{'batch':>5} {'prompts':>7} {'tokens':>6} {'ftlab tok/s':>11} {'generate tok/s':>14} "
-          f"{'speed-up':>8} {'same':>5} {'matmul limit tok/s':>18} {'(GFLOP/s)':>9} {'ftlab % of limit':>16}")
+    print(f"{'batch':>5} {'prompts':>7} {'tokens':>6} {'before tok/s':>12} {'ftlab tok/s':>11} {'generate tok/s':>14} "
+          f"{'vs before':>9} {'vs generate':>11} {'same':>5} {'decode limit':>12} {'(GFLOP/s)':>9} "
+          f"{'limit with prompts':>18} {'prompt share':>12} {'ftlab % of limit':>16}")
     for r in rows:
-        print(f"{r['batch']:>5} {r['prompts']:>7} {r['tokens']:>6} {r['ftlab_tok_s']:>11.1f} "
-              f"{r['generate_tok_s']:>14.1f} {r['speedup']:>7.2f}x {str(r['same']):>5} "
-              f"{r['limit_tok_s']:>18.0f} {r['limit_gflop_s']:>9.1f} {100 * r['ftlab_tok_s'] / r['limit_tok_s']:>15.0f}%")
+        print(f"{r['batch']:>5} {r['prompts']:>7} {r['tokens']:>6} {r['before_tok_s']:>12.1f} {r['ftlab_tok_s']:>11.1f} "
+              f"{r['generate_tok_s']:>14.1f} {r['speedup_vs_before']:>8.2f}x {r['speedup']:>10.2f}x {str(r['same']):>5} "
+              f"{r['decode_limit_tok_s']:>12.0f} {r['limit_gflop_s']:>9.1f} {r['limit_tok_s']:>18.0f} "
+              f"{100 * r['prompt_share']:>11.0f}% {100 * r['ftlab_tok_s'] / r['limit_tok_s']:>15.0f}%")
 
 
 def main(argv=None) -> int:
@@ -143,17 +207,20 @@ def main(argv=None) -> int:
     for batch_size in [int(b) for b in args.batches.split(",")]:
         chosen = prompts[:min(len(prompts), 16 * batch_size)]
         rows.append(bench_batch(model, tokenizer, chosen, batch_size, args.max_new_tokens, stops))
-        print(f"  batch {batch_size} done (load average {os.getloadavg()[0]:.1f})", flush=True)
+        print(f"  batch {batch_size} done (load average {os.getloadavg()[0]:.1f}): before {rows[-1]['before_tok_s']:.1f}, "
+              f"ftlab {rows[-1]['ftlab_tok_s']:.1f}, model.generate {rows[-1]['generate_tok_s']:.1f} tokens/s, "
+              f"same tokens {rows[-1]['same']}", flush=True)
     print_table(rows)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=1)
     if not all(r["same"] for r in rows):
-        print("FAILED: ftlab's greedy tokens differ from model.generate's")
+        print("FAILED: the greedy tokens differ between ftlab, its loop before and model.generate")
         return 1
     at16 = [r for r in rows if r["batch"] == 16]
     if at16:
         print(f"speedup_16={at16[0]['speedup']:.2f}")
+        print(f"speedup_vs_before_16={at16[0]['speedup_vs_before']:.2f}")
         print(f"target_met={'yes' if at16[0]['speedup'] >= TARGET_SPEEDUP else 'no'} (>= {TARGET_SPEEDUP:.0f}x)")
     return 0
 

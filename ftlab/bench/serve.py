@@ -66,6 +66,9 @@ def _run_server(server, name, mode, prompts, args, rows) -> None:
             row.update(server=name, mode=mode)
             rows.append(row)
             print(format_load_table([row]).splitlines()[1], flush=True)
+            if row["requests"] + row["errors"] < max(args.requests, n):
+                print(f"  this level hit --seconds {args.seconds:.0f} after {row['requests'] + row['errors']} of "
+                      f"{max(args.requests, n)} requests: its percentiles rest on fewer requests")
             if row["errors"]:
                 print(f"  first error: {row['first_error']}")
 
@@ -85,19 +88,23 @@ def main(argv=None) -> int:
     p.add_argument("--prompts", type=int, default=64, help="course test prompts to cycle through")
     p.add_argument("--cb-num-blocks", type=int, default=None, help="KV cache blocks for continuous batching")
     p.add_argument("--cb-max-batch-tokens", type=int, default=None, help="tokens per continuous batch step")
-    p.add_argument("--threads", type=int, default=None, help="server threads (default: the library's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads of both servers (default: llama.cpp's choice for this machine's load, for both)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
 
+    from ftlab.deploy.llamacpp import default_threads
     from ftlab.deploy.loadtest import format_load_table
     from ftlab.deploy.serving import CPU_CB_MAX_BATCH_TOKENS, CPU_CB_NUM_BLOCKS, ModelServer
 
+    # the same thread count for both servers: transformers would take OMP_NUM_THREADS from the environment
+    args.threads = args.threads or default_threads()
     servers = [s.strip() for s in args.servers.split(",")]
     modes = [m.strip() for m in args.modes.split(",")]
     prompts = load_prompts(args.prompts)
     print(f"model {args.model}, {len(prompts)} course test prompts, max_tokens {args.max_tokens}, "
           f"{args.requests} requests per level after {args.warmup} warm-up, CPU cores {os.cpu_count()}, "
-          f"server threads {args.threads or 'default'}, load average {os.getloadavg()[0]:.1f}")
+          f"server threads {args.threads} (both), load average {os.getloadavg()[0]:.1f}")
     rows = []
     with tempfile.TemporaryDirectory(prefix="ftlab-bench-serve-") as workdir:
         folder = model_folder(args.model, workdir)
