@@ -303,6 +303,11 @@ def report(args, rows, tuned, base_probes, tuned_probes, wall, cpu, summary):
                 for e in row.result.examples:
                     f.write(json.dumps({"row": row.style, **{k: e[k] for k in ("task", "question", "reference",
                                                                              "prediction", "score")}}) + "\n")
+            for name, probes in (("base", base_probes), ("lora", tuned_probes)):   # what forgetting looks like
+                for r in probes.rows if probes else []:
+                    f.write(json.dumps({"row": name, "task": "probe", "question": r["question"],
+                                        "reference": r["answers"], "prediction": r["prediction"],
+                                        "score": float(r["correct"])}) + "\n")
     if args.log:
         log_run(args, args.log, {"train_s": wall, "cpu_s": cpu, "score": tuned.result.score, "ci": tuned.result.ci,
                                  "by_task": {t: s["score"] for t, s in tuned.result.by_task.items()},
