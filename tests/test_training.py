@@ -95,6 +95,37 @@ def test_accumulation_splits_give_identical_loss_gradients_and_params(tok, tmp_p
             torch.testing.assert_close(params[name], ref_params[name], rtol=1e-5, atol=1e-5, msg=lambda m: f"{key} param {name}: {m}")
 
 
+def test_example_weighting_gives_each_example_the_same_weight(tok, tmp_path):
+    """loss_weighting="example": the step's loss is the mean over examples of each example's mean token loss,
+    the same however the step is split into micro-batches, and different from the token mean."""
+    data = masked_examples(8)
+    model = small_model()
+    with torch.no_grad():                      # the expected first loss, by hand, one example at a time
+        means = []
+        for e in data:
+            logits = model(input_ids=torch.tensor([e["input_ids"]])).logits[0, :-1]
+            means.append(F.cross_entropy(logits, torch.tensor(e["labels"][1:]), ignore_index=-100))
+        by_example, by_token = torch.stack(means).mean(), None
+    runs = {}
+    for bs, accum in [(8, 1), (2, 4)]:
+        m = small_model()
+        runs[(bs, accum)] = train(m, tok, data, config=cfg(tmp_path / f"ex{bs}", batch_size=bs, grad_accum_steps=accum,
+                                                             loss_weighting="example", shuffle=False, max_steps=2))
+    token = train(small_model(), tok, data, config=cfg(tmp_path / "tok", batch_size=8, shuffle=False, max_steps=1))
+    all_logits = train(small_model(), tok, data, config=cfg(tmp_path / "all", batch_size=8, shuffle=False, max_steps=1,
+                                                            loss_weighting="example", trained_logits_only=False))
+    first = runs[(8, 1)].history[0]["loss"]
+    assert first == pytest.approx(float(by_example), rel=1e-5)
+    assert all_logits.history[0]["loss"] == pytest.approx(first, rel=1e-5)   # causal_lm_loss's path agrees
+    assert abs(token.history[0]["loss"] - first) > 1e-3          # a real difference on unequal answer lengths
+    for a, b in zip(runs[(8, 1)].history, runs[(2, 4)].history):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    with pytest.raises(ValueError, match="batching='group'"):
+        TrainConfig(loss_weighting="example", batching="pack")
+    with pytest.raises(ValueError, match="loss_weighting"):
+        TrainConfig(loss_weighting="sequence")
+
+
 def test_averaging_micro_batch_means_is_wrong(tok):
     """The 2024 bug, shown: mean of per-micro-batch means != mean over all trained tokens of the step."""
     from ftlab.data import collate

@@ -57,6 +57,8 @@ def parse_args(argv=None):
                    help='LoRA target modules: "all-linear" or a comma-separated list such as q_proj,v_proj')
     p.add_argument("--max-length", type=int, default=RECIPE["max_length"])
     p.add_argument("--batching", choices=("pad", "group", "pack"), default=RECIPE["batching"])
+    p.add_argument("--loss-weighting", choices=("token", "example"), default=RECIPE["loss_weighting"],
+                   help="every trained token weighs the same, or every example (a one-word label as much as a JSON)")
     p.add_argument("--replay", type=float, default=REPLAY_SHARE, metavar="FRACTION",
                    help="share of the training mix from data/general_replay.jsonl (0 = off)")
     p.add_argument("--train-limit", type=int, default=None, help="use only N task training examples (per all tasks)")
@@ -127,6 +129,7 @@ def finetune(model, tok, train_records, val_records, args) -> tuple:
         config = recipe_config(out, method=args.method, lora_rank=args.rank, lora_alpha=2 * args.rank,
                                target_modules=targets, lr=args.lr, scheduler=args.scheduler, max_steps=args.steps,
                                batch_size=args.batch_size, max_length=args.max_length, batching=args.batching,
+                               loss_weighting=args.loss_weighting,
                                eval_every=0, save_final=False, log_to=("jsonl",), seed=args.seed)
         wall, cpu = time.perf_counter(), time.process_time()
         result = train(model, tok, train_records, val_records, config=config)
@@ -194,7 +197,7 @@ def qa_layouts(rows) -> str:
 
 def log_run(args, path, record):
     settings = {k: getattr(args, k) for k in ("method", "steps", "batch_size", "lr", "scheduler", "rank", "targets",
-                                              "max_length", "batching", "replay", "train_limit", "eval_split",
+                                              "max_length", "batching", "loss_weighting", "replay", "train_limit", "eval_split",
                                               "n_test", "seed", "threads")}
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "model": args.model, **settings, **record,
@@ -255,7 +258,8 @@ def main(argv=None) -> int:
           f"started {time.strftime('%Y-%m-%d %H:%M:%S')}")
     print(f"evaluation: {len(data['eval'])} of {data['pool']} {args.eval_split}-split examples; "
           f"training: {args.method} steps={args.steps} batch={args.batch_size} lr={args.lr} rank={args.rank} "
-          f"targets={args.targets} max_length={args.max_length} batching={args.batching} replay={args.replay:.0%}")
+          f"targets={args.targets} max_length={args.max_length} batching={args.batching} "
+          f"loss_weighting={args.loss_weighting} replay={args.replay:.0%}")
     model, tok = load_model(args.model, seed=args.seed)
     base_probes = None if args.no_base_probes else ask_probes(model, tok, data, args, "base")
     rows = []

@@ -173,6 +173,9 @@ class TrainConfig(RunConfig):
     # --- how the examples become batches
     batching: str = "pad"  # pad | group (length-grouped) | pack (see ftlab.data.batching)
     train_on: str = "assistant"  # assistant | last | all: which tokens are trained
+    # token: every trained token of a step weighs the same (transformers' Trainer, TRL); example: every
+    # example weighs the same (its mean token loss), so a one-word label counts as much as a 40-token answer
+    loss_weighting: str = "token"
     shuffle: bool = True  # a new seeded order every epoch (False: the order given)
     compile: bool = False  # torch.compile the model (slow first step, faster after; GPU)
     # --- evaluation and early stopping
@@ -187,9 +190,13 @@ class TrainConfig(RunConfig):
 
     def _check(self):
         super()._check()
-        for name, options in [("batching", STRATEGIES), ("train_on", ("assistant", "last", "all"))]:
+        for name, options in [("batching", STRATEGIES), ("train_on", ("assistant", "last", "all")),
+                              ("loss_weighting", ("token", "example"))]:
             if getattr(self, name) not in options:
                 self._bad(f"{name}={getattr(self, name)!r} is not one of {', '.join(options)}.")
+        if self.loss_weighting == "example" and self.batching == "pack":
+            self._bad("loss_weighting='example' needs one example per row, and batching='pack' puts several in a "
+                      "row. Fix: batching='group' (length-grouped rows, nearly as little padding).")
         if self.early_stopping_patience is not None and self.eval_every < 1:
             self._bad("early_stopping_patience needs eval_every >= 1 (validation during training).")
         if self.load_best_at_end and self.eval_every < 1:

@@ -53,7 +53,7 @@ import torch
 from ftlab.data.batching import BatchStream
 from ftlab.training import checkpoint as ckpt
 from ftlab.training.config import TrainConfig, TrainResult
-from ftlab.training.loss import count_trained_tokens, evaluate_loss, forward_loss
+from ftlab.training.loss import count_trained_examples, count_trained_tokens, evaluate_loss, forward_loss
 from ftlab.training.measure import peak_memory_mb
 from ftlab.training.run import Run, RunState, announce, finish, prepare_data, resume, save_state, setup_model, setup_run
 from ftlab.training.tracking import RunLogger, format_postfix, progress_bar
@@ -173,27 +173,31 @@ def train_step(run: Run, state: RunState, micro: list[dict], callbacks=()) -> di
     micro-batch and every process, so how the step is split changes nothing (see the module docstring).
     """
     accelerator, world = run.accelerator, run.world
+    per_example = run.config.loss_weighting == "example"
     t0 = time.time()  # (after take(): a new epoch's batches are built there, once per epoch)
     micro = [{k: v.to(accelerator.device) for k, v in b.items()} for b in micro]
     counts = torch.tensor([sum(count_trained_tokens(b["labels"]) for b in micro),
-                           sum(int(b["attention_mask"].sum()) for b in micro)], device=accelerator.device)
+                           sum(int(b["attention_mask"].sum()) for b in micro),
+                           sum(count_trained_examples(b["labels"]) for b in micro)], device=accelerator.device)
     if world > 1:
         counts = accelerator.reduce(counts, reduction="sum")
     n_trained, n_tokens = max(int(counts[0]), 1), int(counts[1])
+    # the loss's denominator: the step's trained tokens, or its examples (loss_weighting="example")
+    n_weights = max(int(counts[2]), 1) if per_example else n_trained
     loss_sum = torch.zeros((), device=accelerator.device)
     for i, batch in enumerate(micro):
         # Gradients are averaged across processes only once, after the last micro-batch.
         sync = contextlib.nullcontext() if i == len(micro) - 1 else accelerator.no_sync(run.model)
         with sync:
-            part, _, _ = forward_loss(run.model, batch, run.logits_only)
+            part, _, _ = forward_loss(run.model, batch, run.logits_only, per_example)
             # DDP *averages* gradients over processes; multiplying by world turns that into
-            # the sum, so every trained token of the step has the same weight 1 / n_trained.
-            accelerator.backward(part * world / n_trained)
+            # the sum, so every trained token (or example) of the step has the same weight 1 / n_weights.
+            accelerator.backward(part * world / n_weights)
         loss_sum += part.detach()
     if world > 1:
         loss_sum = accelerator.reduce(loss_sum, reduction="sum")
     state.trained_tokens += n_trained
-    return update_step(run, state, loss_sum.item() / n_trained, n_tokens, t0, callbacks,
+    return update_step(run, state, loss_sum.item() / n_weights, n_tokens, t0, callbacks,
                        {"step_tokens": n_trained, "trained_tokens": state.trained_tokens})
 
 

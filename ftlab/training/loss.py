@@ -32,20 +32,38 @@ from ftlab.data.templates import IGNORE_INDEX
 from ftlab.training.parameters import is_peft_model
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor):
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, per_example: bool = False):
     """Summed next-token cross-entropy over trained tokens; returns ``(loss_sum, n_tokens, n_correct)``.
 
     Position ``t`` predicts token ``t + 1``, so labels are shifted left by one (padded with -100 at the
     end) rather than slicing the logits, which would copy the biggest tensor of the step. The sum, not
     the mean, is returned: the caller divides by the trained tokens of the *whole* optimizer step.
+
+    ``per_example``: each row's token losses are divided by that row's trained tokens first, so the sum
+    is over examples (each one's mean loss) and the count is of rows with a trained token
+    (``TrainConfig.loss_weighting="example"``).
     """
     logits = logits[:, -labels.shape[1]:]  # prompt tuning puts virtual tokens in front; drop them
     targets = next_token_targets(labels)
-    loss_sum = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                               ignore_index=IGNORE_INDEX, reduction="sum")
     mask = targets != IGNORE_INDEX
     n_correct = ((logits.argmax(-1) == targets) & mask).sum()
+    if per_example:
+        losses = F.cross_entropy(logits.float()[mask], targets[mask], reduction="none")
+        return _per_example_sum(losses, mask), _rows_trained(mask), n_correct
+    loss_sum = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                               ignore_index=IGNORE_INDEX, reduction="sum")
     return loss_sum, mask.sum(), n_correct
+
+
+def _per_example_sum(token_losses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum over rows of each row's mean token loss; ``token_losses`` are the ``mask``'s True positions, in order."""
+    per_row = mask.sum(1)
+    rows = mask.nonzero()[:, 0]
+    return (token_losses / per_row[rows]).sum()
+
+
+def _rows_trained(mask: torch.Tensor) -> torch.Tensor:
+    return mask.any(1).sum()
 
 
 def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
@@ -57,6 +75,11 @@ def count_trained_tokens(labels: torch.Tensor) -> int:
     """Positions that have a next-token label: the denominator of the loss (the first token of a row
     is never predicted, so ``labels[:, 1:]``)."""
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def count_trained_examples(labels: torch.Tensor) -> int:
+    """Rows with at least one trained token: the denominator when every example weighs the same."""
+    return int((labels[:, 1:] != IGNORE_INDEX).any(1).sum())
 
 
 def accepts_logits_mask(model) -> bool:
@@ -73,7 +96,7 @@ def accepts_logits_mask(model) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
-def forward_loss(model, batch, trained_logits_only: bool = False):
+def forward_loss(model, batch, trained_logits_only: bool = False, per_example: bool = False):
     """One forward pass -> ``causal_lm_loss``'s ``(loss_sum, n_tokens, n_correct)``.
 
     ``trained_logits_only``: run the output layer only where a token is trained. It is the biggest
@@ -83,14 +106,17 @@ def forward_loss(model, batch, trained_logits_only: bool = False):
     """
     inputs = model_inputs({k: v for k, v in batch.items() if k not in ("labels", "seq_lengths")})
     if not trained_logits_only:
-        return causal_lm_loss(model(**inputs, use_cache=False).logits, batch["labels"])
+        return causal_lm_loss(model(**inputs, use_cache=False).logits, batch["labels"], per_example)
     targets = next_token_targets(batch["labels"])
     keep = targets != IGNORE_INDEX
     # A boolean (batch, seq) mask: transformers returns the logits of the True positions, flattened.
     logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
     targets = targets[keep]
-    loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
-    return loss_sum, keep.sum(), (logits.argmax(-1) == targets).sum()
+    n_correct = (logits.argmax(-1) == targets).sum()
+    if per_example:
+        losses = F.cross_entropy(logits.float(), targets, reduction="none")
+        return _per_example_sum(losses, keep), _rows_trained(keep), n_correct
+    return F.cross_entropy(logits.float(), targets, reduction="sum"), keep.sum(), n_correct
 
 
 @torch.no_grad()

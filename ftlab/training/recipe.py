@@ -27,6 +27,7 @@ RECIPE = {
     "max_steps": 100,
     "max_length": 256,
     "batching": "group",
+    "loss_weighting": "token",
 }
 REPLAY_SHARE = 0.3  # share of the training mix from data/general_replay.jsonl (the guard against forgetting)
 SYSTEM_PROMPT_IN_TRAINING = True  # train and ask with the course system prompt: ties the task to it
