@@ -42,16 +42,18 @@ def describe(r) -> str:
     method = f"LoRA r{r['rank']} {r['targets']}" if r["method"] == "lora" else "full"
     limit = f", {r['train_limit']} ex." if r.get("train_limit") else ""
     return (f"{method}, lr {r['lr']:g} {r['scheduler']}, {r['steps']} × {r['batch_size']}, "
-            f"len {r['max_length']} {r['batching']}, replay {r['replay']:.0%}{limit}")
+            f"len {r['max_length']} {r['batching']}, replay {r['replay']:.0%}, loss per "
+            f"{r.get('loss_weighting', 'token')}{limit}")
 
 
 def table(runs) -> str:
     best = frontier(runs)
     tasks = sorted({t for r in runs for t in r["by_task"]})
-    head = ["#", "settings", "split (n)", "train min (wall)", "CPU-min", "score [95% CI]"] + tasks + ["probes", "frontier"]
+    head = ["#", "settings", "split (n)", "train min (wall)", "CPU-min", "score [95% CI]"] + tasks + ["probes (change)",
+                                                                                                    "frontier"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, r in enumerate(runs, 1):
-        probes = "-" if r.get("probes") is None else f"{r['probes']:.2f}"
+        probes = "-" if r.get("probes") is None else f"{r['probes']:.2f} ({r['probes_change']:+.2f})"
         cells = [str(i), describe(r), f"{r['eval_split']} ({r['n_test']})", f"{r['train_s'] / 60:.1f}",
                  f"{r['cpu_s'] / 60:.1f}", f"{r['score']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"]
         cells += [f"{r['by_task'].get(t, float('nan')):.2f}" for t in tasks]

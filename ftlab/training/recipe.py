@@ -24,10 +24,10 @@ RECIPE = {
     "scheduler": "cosine",
     "warmup_ratio": 0.05,
     "batch_size": 8,
-    "max_steps": 100,
+    "max_steps": 120,
     "max_length": 256,
     "batching": "group",
-    "loss_weighting": "token",
+    "loss_weighting": "example",
 }
 REPLAY_SHARE = 0.3  # share of the training mix from data/general_replay.jsonl (the guard against forgetting)
 SYSTEM_PROMPT_IN_TRAINING = True  # train and ask with the course system prompt: ties the task to it
