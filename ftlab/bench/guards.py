@@ -9,7 +9,9 @@ accuracy (implicit margin against the instruct model) and KL to the instruct mod
 
 The rows are the guards practitioners use against forgetting, one at a time, against the plain pipeline:
 a lower DPO learning rate, fewer DPO steps, a larger ``beta`` (a stronger pull to the SFT reference),
-replay of general data during SFT, a lower SFT learning rate, a smaller LoRA rank. ``--only`` picks
+replay of general data during SFT, a lower SFT learning rate, a smaller LoRA rank, and the course recipe's SFT (replay plus the per-example
+loss of ``docs/recipe.md``) alone and combined with DPO guards. Each row also prints the SFT model's
+probes, so a drop can be put on the stage that caused it. ``--only`` picks
 rows by name. Target (issue 28): the recommended pipeline loses at most 10 probe points (``MAX_PROBE_DROP``)
 while keeping the SFT model's task score. ``--model tiny`` checks the script in a minute (numbers mean nothing).
 """
@@ -30,6 +32,10 @@ GUARDS = {
     "sft replay 30 %": ({"replay": 0.3}, {}),
     "sft lr / 3": ({"lr_scale": 1 / 3}, {}),
     "lora rank 4": ({"rank": 4}, {"rank": 4}),
+    # the course recipe's own guards (docs/recipe.md): replay and the per-example loss, in the SFT stage
+    "sft recipe": ({"replay": 0.3, "loss_weighting": "example"}, {}),
+    "sft recipe, dpo lr / 10": ({"replay": 0.3, "loss_weighting": "example"}, {"lr_scale": 1 / 10}),
+    "sft recipe, dpo lr / 3, beta 0.5": ({"replay": 0.3, "loss_weighting": "example"}, {"lr_scale": 1 / 3, "beta": 0.5}),
 }
 
 
@@ -78,9 +84,12 @@ def _pipeline(base, tok, data, s, sft_over, dpo_over, out):
     sft = ftlab.train(base, tok, rows, config=TrainConfig(
         output_dir=f"{out}/sft", method="lora", lr=s["lr"] * sft_over.get("lr_scale", 1), max_steps=s["steps"],
         batch_size=profile.run_batch, max_length=profile.max_length, lora_rank=rank, lora_alpha=2 * rank,
-        log_to=("jsonl",), save_final=False, progress=False))
+        loss_weighting=sft_over.get("loss_weighting", "token"), log_to=("jsonl",), save_final=False, progress=False))
     sft_model = merge_adapters(sft.model, copy_model=True)
     sft.model.unload()
+    sft_row = _measure(sft_model, base, tok, data, s)
+    print(f"  after SFT: task {sft_row['task']:.2f}, format {sft_row['format']:.2f}, probes {sft_row['probes']:.2f}",
+          flush=True)
     rank = dpo_over.get("rank", s["rank"])
     dpo = train_preferences(sft_model, tok, tokenize_preferences(data["pairs"], tok, profile.max_length), AlignConfig(
         output_dir=f"{out}/dpo", loss="dpo", beta=dpo_over.get("beta", 0.1), lr=s["lr"] * dpo_over.get("lr_scale", 1),
