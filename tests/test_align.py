@@ -85,11 +85,13 @@ def _dpo_trainer(model, tok, records, tmp, **kw):
 # --------------------------------------------------------------------------- DPO / IPO parity
 
 
-@pytest.mark.parametrize("loss_type,beta", [("sigmoid", 0.1), ("ipo", 0.5)])
-def test_dpo_matches_trl(tmp_path, loss_type, beta):
+@pytest.mark.parametrize("loss_type,beta,sft_weight", [("sigmoid", 0.1, 0.0), ("ipo", 0.5, 0.0), ("sigmoid", 0.1, 0.5)])
+def test_dpo_matches_trl(tmp_path, loss_type, beta, sft_weight):
+    """DPO, IPO, and DPO plus an SFT term on the chosen answers (TRL: loss_type=["sigmoid", "sft"])."""
     model, tok = _lora_model()
     records = _pairs(4)
-    trainer = _dpo_trainer(model, tok, records, tmp_path, beta=beta, loss_type=[loss_type])
+    trl_kw = dict(loss_type=[loss_type, "sft"], loss_weights=[1.0, sft_weight]) if sft_weight else dict(loss_type=[loss_type])
+    trainer = _dpo_trainer(model, tok, records, tmp_path, beta=beta, **trl_kw)
     _perturb(model)
     batch = collate_preferences(tokenize_preferences(records, tok), tok.pad_token_id)
     model.train()
@@ -102,7 +104,7 @@ def test_dpo_matches_trl(tmp_path, loss_type, beta):
     trl_grads = _grads(model)
     model.zero_grad(set_to_none=True)
 
-    config = AlignConfig(loss="ipo" if loss_type == "ipo" else "dpo", beta=beta)
+    config = AlignConfig(loss="ipo" if loss_type == "ipo" else "dpo", beta=beta, sft_weight=sft_weight)
     loss, metrics = preference_loss(model, batch, config)
     loss.backward()
     grads = _grads(model)
@@ -393,7 +395,7 @@ def test_tokenised_examples_reuse_their_cached_reference(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name,value,loss", [
-    ("beta", 0.5, "grpo"), ("label_smoothing", 0.1, "ipo"), ("label_smoothing", 0.1, "orpo"),
+    ("beta", 0.5, "grpo"), ("label_smoothing", 0.1, "ipo"), ("label_smoothing", 0.1, "orpo"), ("sft_weight", 0.5, "orpo"),
     ("orpo_nll_on", "sequence", "dpo"), ("max_length", 256, "grpo"), ("num_generations", 8, "dpo"),
     ("temperature", 0.7, "orpo"), ("max_new_tokens", 16, "ipo"), ("epsilon", 0.3, "dpo"), ("kl_beta", 0.1, "dpo"),
     ("kl_ratio_correction", False, "orpo"), ("grpo_loss_type", "bnpo", "dpo"),

@@ -34,6 +34,7 @@ LOSSES = ("dpo", "ipo", "orpo", "grpo", "reward")  # reward: a Bradley-Terry rew
 READ_BY = {
     "beta": ("dpo", "ipo", "orpo"),  # GRPO's pull to the reference is kl_beta
     "label_smoothing": ("dpo",),
+    "sft_weight": ("dpo", "ipo"),
     "orpo_nll_on": ("orpo",),
     "max_length": ("dpo", "ipo", "orpo", "reward"),  # GRPO's sequences: the prompt + at most max_new_tokens
     **{name: ("grpo",) for name in ("num_generations", "temperature", "max_new_tokens", "epsilon", "kl_beta",
@@ -51,6 +52,10 @@ class AlignConfig(RunConfig):
     loss: str = "dpo"  # dpo | ipo | orpo | grpo | reward
     beta: float = 0.1  # DPO/IPO: strength of the pull to the reference; ORPO: weight of the odds-ratio term
     label_smoothing: float = 0.0  # DPO: assumed fraction of flipped preference labels (conservative DPO)
+    # DPO/IPO: weight of an SFT term, the chosen answers' cross-entropy (mean per token), added to the loss: it holds
+    # the chosen answers' likelihood up while the margin widens (RPO, Pang et al. 2024; TRL: loss_type=["sigmoid",
+    # "sft"], loss_weights=[1, sft_weight])
+    sft_weight: float = 0.0
     orpo_nll_on: str = "completion"  # ORPO's NLL: completion tokens (as SFT) | sequence (prompt too, as TRL)
     num_generations: int = 4  # GRPO: completions per prompt (the group)
     temperature: float = 1.0  # GRPO: sampling temperature
@@ -72,6 +77,8 @@ class AlignConfig(RunConfig):
                     f"{', '.join(losses)}). Fix: leave {name} at its default ({defaults[name]!r}).")
         if self.beta <= 0:
             bad(f"beta must be > 0, got {self.beta}.")
+        if self.sft_weight < 0:
+            bad(f"sft_weight must be >= 0, got {self.sft_weight}.")
         if not 0 <= self.label_smoothing < 0.5:
             bad(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}.")
         if self.orpo_nll_on not in ("completion", "sequence"):
@@ -99,9 +106,14 @@ def preference_loss(model, batch: dict, config: AlignConfig, ref_model=None):
     chosen, rejected = split_pairs(logps)
     n_chosen, n_rejected = split_pairs(n_tokens)
     loss_type = "ipo" if config.loss == "ipo" else "sigmoid"
-    return dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=config.beta,
-                    label_smoothing=config.label_smoothing, loss_type=loss_type,
-                    chosen_tokens=n_chosen, rejected_tokens=n_rejected)
+    loss, metrics = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=config.beta,
+                             label_smoothing=config.label_smoothing, loss_type=loss_type,
+                             chosen_tokens=n_chosen, rejected_tokens=n_rejected)
+    if config.sft_weight:  # the chosen answers' cross-entropy, mean over all their tokens in the batch (as TRL's "sft")
+        nll = -chosen.sum() / n_chosen.sum().clamp(min=1)
+        loss = loss + config.sft_weight * nll
+        metrics["nll_loss"] = nll.detach()
+    return loss, metrics
 
 
 def _orpo_batch_loss(model, batch, config):

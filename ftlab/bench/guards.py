@@ -36,6 +36,9 @@ GUARDS = {
     "sft recipe": ({"replay": 0.3, "loss_weighting": "example"}, {}),
     "sft recipe, dpo lr / 10": ({"replay": 0.3, "loss_weighting": "example"}, {"lr_scale": 1 / 10}),
     "sft recipe, dpo lr / 3, beta 0.5": ({"replay": 0.3, "loss_weighting": "example"}, {"lr_scale": 1 / 3, "beta": 0.5}),
+    # DPO plus an SFT term on the chosen answers (RPO; TRL's loss_type=["sigmoid", "sft"])
+    "sft recipe, dpo + sft term": ({"replay": 0.3, "loss_weighting": "example"}, {"sft_weight": 1.0}),
+    "sft recipe, dpo lr / 10 + sft term": ({"replay": 0.3, "loss_weighting": "example"}, {"lr_scale": 1 / 10, "sft_weight": 1.0}),
 }
 
 
@@ -93,6 +96,7 @@ def _pipeline(base, tok, data, s, sft_over, dpo_over, out):
     rank = dpo_over.get("rank", s["rank"])
     dpo = train_preferences(sft_model, tok, tokenize_preferences(data["pairs"], tok, profile.max_length), AlignConfig(
         output_dir=f"{out}/dpo", loss="dpo", beta=dpo_over.get("beta", 0.1), lr=s["lr"] * dpo_over.get("lr_scale", 1),
+        sft_weight=dpo_over.get("sft_weight", 0.0),
         max_steps=max(1, round(s["steps"] * dpo_over.get("steps_scale", 1))), batch_size=s["batch"],
         max_length=profile.max_length, lora_rank=rank, lora_alpha=2 * rank, scheduler="constant", log_to=("jsonl",),
         save_final=False, progress=False))
