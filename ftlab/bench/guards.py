@@ -21,7 +21,10 @@ from __future__ import annotations
 import argparse
 import time
 
+from ftlab.training.recipe import REPLAY_SHARE
+
 MAX_PROBE_DROP = 0.10
+RECIPE_SFT = {"replay": REPLAY_SHARE, "loss_weighting": "example"}  # the course recipe's guards (docs/recipe.md)
 
 # name -> (SFT overrides, DPO overrides): each guard changes one setting of the plain pipeline.
 GUARDS = {
@@ -29,16 +32,16 @@ GUARDS = {
     "dpo lr / 3": ({}, {"lr_scale": 1 / 3}),
     "dpo steps / 3": ({}, {"steps_scale": 1 / 3}),
     "beta 0.5": ({}, {"beta": 0.5}),
-    "sft replay 30 %": ({"replay": 0.3}, {}),
+    "sft replay 30 %": ({"replay": REPLAY_SHARE}, {}),
     "sft lr / 3": ({"lr_scale": 1 / 3}, {}),
     "lora rank 4": ({"rank": 4}, {"rank": 4}),
     # the course recipe's own guards (docs/recipe.md): replay and the per-example loss, in the SFT stage
-    "sft recipe": ({"replay": 0.3, "loss_weighting": "example"}, {}),
-    "sft recipe, dpo lr / 10": ({"replay": 0.3, "loss_weighting": "example"}, {"lr_scale": 1 / 10}),
-    "sft recipe, dpo lr / 3, beta 0.5": ({"replay": 0.3, "loss_weighting": "example"}, {"lr_scale": 1 / 3, "beta": 0.5}),
+    "sft recipe": (RECIPE_SFT, {}),
+    "sft recipe, dpo lr / 10": (RECIPE_SFT, {"lr_scale": 1 / 10}),
+    "sft recipe, dpo lr / 3, beta 0.5": (RECIPE_SFT, {"lr_scale": 1 / 3, "beta": 0.5}),
     # DPO plus an SFT term on the chosen answers (RPO; TRL's loss_type=["sigmoid", "sft"])
-    "sft recipe, dpo + sft term": ({"replay": 0.3, "loss_weighting": "example"}, {"sft_weight": 1.0}),
-    "sft recipe, dpo lr / 10 + sft term": ({"replay": 0.3, "loss_weighting": "example"}, {"lr_scale": 1 / 10, "sft_weight": 1.0}),
+    "sft recipe, dpo + sft term": (RECIPE_SFT, {"sft_weight": 1.0}),
+    "sft recipe, dpo lr / 10 + sft term": (RECIPE_SFT, {"lr_scale": 1 / 10, "sft_weight": 1.0}),
 }
 
 
