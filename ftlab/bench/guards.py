@@ -39,6 +39,7 @@ GUARDS = {
     "sft recipe": (RECIPE_SFT, {}),
     "sft recipe, dpo lr / 10": (RECIPE_SFT, {"lr_scale": 1 / 10}),
     "sft recipe, dpo lr / 3, beta 0.5": (RECIPE_SFT, {"lr_scale": 1 / 3, "beta": 0.5}),
+    "sft recipe, dpo lr / 30": (RECIPE_SFT, {"lr_scale": 1 / 30}),
     # DPO plus an SFT term on the chosen answers (RPO; TRL's loss_type=["sigmoid", "sft"])
     "sft recipe, dpo + sft term": (RECIPE_SFT, {"sft_weight": 1.0}),
     "sft recipe, dpo lr / 10 + sft term": (RECIPE_SFT, {"lr_scale": 1 / 10, "sft_weight": 1.0}),
@@ -50,6 +51,9 @@ def parse_args(argv=None):
     p.add_argument("--model", default="smollm2-135m-instruct", help="any name ftlab.load_model accepts")
     p.add_argument("--profile", default="laptop", help="the ftlab profile whose sizes notebook 07 uses")
     p.add_argument("--only", nargs="*", default=list(GUARDS), choices=list(GUARDS), help="rows to run")
+    p.add_argument("--system", action="store_true",
+                   help="every stage with the course system prompt (SFT data, preference pairs, test prompts), as the "
+                        "course recipe trains; the probes are asked without it")
     return p.parse_args(argv)
 
 
@@ -123,12 +127,19 @@ def main(argv=None):
     base, tok = ftlab.load_model(args.model)
     prefs = load_preferences(data_dir() / "preferences.jsonl")
     course = [r for r in load_course_data("instructions", "test") if r["task"] in ("classify", "extract_json")]
+    sft = [r for r in load_course_data("instructions", "train") if r["task"] in ("classify", "extract_json")]
+    if args.system:   # the task behind the course system prompt; general questions (the probes) come without it
+        from ftlab.data import SYSTEM_PROMPT
+
+        prefs = [{**p, "messages": [{"role": "system", "content": SYSTEM_PROMPT}] + p["messages"]} for p in prefs]
+        course, sft = ([{**r, "system": SYSTEM_PROMPT} for r in rows] for rows in (course, sft))
     data = {"pairs": prefs[:s["batch"] * s["steps"]], "probes": load_course_data("probes")[:s["n_eval"]],
             "held": precompute_reference(base, tokenize_preferences(prefs[-s["held"]:], tok, profile.max_length), 8,
                                          tok.pad_token_id, ref_model=base),
             "test": grpo_prompts(course[:s["n_eval"]]),
-            "sft": [r for r in load_course_data("instructions", "train") if r["task"] in ("classify", "extract_json")]}
+            "sft": sft}
     start = _measure(base, base, tok, data, s)
+    print(f"system prompt in every stage: {'yes' if args.system else 'no'}")
     print(f"instruct model: task {start['task']:.2f}, format {start['format']:.2f}, probes {start['probes']:.2f}", flush=True)
     with tempfile.TemporaryDirectory() as out:
         for name in args.only:
