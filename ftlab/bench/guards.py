@@ -40,6 +40,7 @@ GUARDS = {
     "sft recipe, dpo lr / 10": (RECIPE_SFT, {"lr_scale": 1 / 10}),
     "sft recipe, dpo lr / 3, beta 0.5": (RECIPE_SFT, {"lr_scale": 1 / 3, "beta": 0.5}),
     "sft recipe, dpo lr / 30": (RECIPE_SFT, {"lr_scale": 1 / 30}),
+    "sft recipe lr / 3, dpo lr / 30": ({**RECIPE_SFT, "lr_scale": 1 / 3}, {"lr_scale": 1 / 30}),
     # DPO plus an SFT term on the chosen answers (RPO; TRL's loss_type=["sigmoid", "sft"])
     "sft recipe, dpo + sft term": (RECIPE_SFT, {"sft_weight": 1.0}),
     "sft recipe, dpo lr / 10 + sft term": (RECIPE_SFT, {"lr_scale": 1 / 10, "sft_weight": 1.0}),
