@@ -304,6 +304,16 @@ def test_llama_cpp_reads_the_export_like_transformers(merged, tok, llama_f32):
         assert len(set(r["llama"].split())) > 1
 
 
+def test_llama_cpp_prompt_threads_follow_n_threads(llama_f32, exported):
+    """llama-cpp-python gives prompt processing every core unless told otherwise; on a busy machine that made
+    generation several times slower, so open_gguf sets both thread counts to the same number."""
+    from ftlab.deploy import open_gguf
+
+    one = open_gguf(exported["F32"], n_ctx=64, n_threads=1)
+    assert one.context_params.n_threads == one.context_params.n_threads_batch == 1
+    assert llama_f32.context_params.n_threads_batch == llama_f32.context_params.n_threads
+
+
 def test_ftlab_q4_0_bytes_equal_llama_cpp_q4_0(tok, exported, tmp_path):
     pytest.importorskip("llama_cpp")
     from ftlab.deploy import quantize_gguf, raw_tensor_bytes, tensor_types

@@ -95,6 +95,7 @@ def main(argv=None) -> None:
     app = create_app(server_settings=ServerSettings(host=args.host, port=args.port, interrupt_requests=False),
                      model_settings=[ModelSettings(model=args.model, model_alias=args.model_alias, n_ctx=args.n_ctx,
                                                    n_gpu_layers=args.n_gpu_layers, n_threads=args.n_threads,
+                                                   n_threads_batch=args.n_threads,  # else every core (open_gguf)
                                                    verbose=False)])
     add_chat_guard(app)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
