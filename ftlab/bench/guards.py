@@ -26,7 +26,8 @@ from ftlab.training.recipe import REPLAY_SHARE
 MAX_PROBE_DROP = 0.10
 RECIPE_SFT = {"replay": REPLAY_SHARE, "loss_weighting": "example"}  # the course recipe's guards (docs/recipe.md)
 
-# name -> (SFT overrides, DPO overrides): each guard changes one setting of the plain pipeline.
+# name -> (SFT overrides, DPO overrides): the first rows change one setting of the plain pipeline, the "sft recipe"
+# rows start from the recipe's SFT and add DPO guards to it.
 GUARDS = {
     "plain": ({}, {}),
     "dpo lr / 3": ({}, {"lr_scale": 1 / 3}),
