@@ -611,3 +611,18 @@ def test_reward_model_learns_the_course_pairs(tmp_path):
     assert history[-1]["loss"] < history[0]["loss"]
     with pytest.raises(ValueError, match="train_reward_model"):
         train_preferences(lm, tok, examples, AlignConfig(loss="reward", output_dir=str(tmp_path)))
+
+
+def test_grpo_history_times_its_sampling(tmp_path):
+    """Each GRPO step logs its whole time (``step_s``) and the part without gradients (``sample_s``: sampling and
+    scoring, summed over micro-batches): notebook 07's cost table reads both."""
+    from ftlab.align import grpo_prompts, length_reward, train_grpo
+    from ftlab.data import load_course_data
+
+    model, tok = load_model("tiny")
+    config = AlignConfig(output_dir=str(tmp_path / "g"), loss="grpo", max_steps=2, batch_size=1, grad_accum_steps=2,
+                         num_generations=2, max_new_tokens=4, progress=False, log_to=(), save_final=False)
+    history = train_grpo(model, tok, grpo_prompts(load_course_data("instructions", "train", limit=4)),
+                         [length_reward], config).history
+    assert len(history) == 2
+    assert all(0 < h["sample_s"] < h["step_s"] for h in history)

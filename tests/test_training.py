@@ -319,7 +319,9 @@ def test_lora_outputs_logs_merge_and_chat(tok, tmp_path):
     assert (plot.steps, plot.val_steps) == ([1, 2, 3], [0, 2, 3])
     assert len(plot.figure.axes[0].lines) == 2  # drawn at the end: training and validation curves
     run = tmp_path / "run"
-    assert set(result.history[1]) >= {"step", "loss", "lr", "grad_norm", "tokens_per_s", "trained_tokens", "peak_memory_mb"}
+    assert set(result.history[1]) >= {"step", "loss", "lr", "grad_norm", "step_s", "tokens_per_s", "trained_tokens",
+                                      "peak_memory_mb"}
+    assert all(h["step_s"] > 0 for h in result.train_history)
     assert read_history(run) == json.loads(json.dumps(result.history))
     assert (run / "history.csv").read_text().splitlines()[0].startswith("step,loss,lr,grad_norm")
     tb = read_tensorboard(run)

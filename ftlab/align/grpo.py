@@ -17,6 +17,7 @@ task scores 0, every advantage is 0, and the gradient is exactly 0.
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import torch
 
@@ -95,15 +96,18 @@ def grpo_step(model, tokenizer, prompts: list[dict], reward_fns, config, reward_
     grpo_loss_type).
     """
     G = config.num_generations
+    t0 = time.time()
     samples = sample_completions(model, tokenizer, prompts, G, config.temperature, config.max_new_tokens)
     group_records = [p for p in prompts for _ in range(G)]
     rewards = score_completions(reward_fns, samples["texts"], group_records, reward_weights)
     samples["rewards"] = rewards
+    sample_s = time.time() - t0  # the part of a step without gradients that DPO and ORPO do not have
     loss, metrics = grpo_batch_loss(model, tokenizer, samples, group_advantages(rewards, G), config)
     grouped = rewards.view(-1, G)
     record = {"loss": loss.item(), "reward": rewards.mean().item(), "reward_std": grouped.std(1).mean().item(),
               "zero_std_groups": (grouped.std(1) == 0).float().mean().item(),
-              "completion_chars": sum(len(t) for t in samples["texts"]) / len(samples["texts"]), **metrics}
+              "completion_chars": sum(len(t) for t in samples["texts"]) / len(samples["texts"]), "sample_s": sample_s,
+              **metrics}
     return loss, record, samples
 
 
@@ -131,7 +135,7 @@ def train_grpo(model, tokenizer, prompts, reward_fns, config=None, callbacks=(),
             (loss / accum).backward()
             texts += samples["texts"]
             for k, v in part.items():  # the step's numbers: the mean over its micro-batches
-                record[k] = record.get(k, 0) + (v if k == "tokens" else v / accum)
+                record[k] = record.get(k, 0) + (v if k in ("tokens", "sample_s") else v / accum)
         samples_log.append(texts)
         return record
 

@@ -219,8 +219,9 @@ def update_step(run: Run, state: RunState, loss: float, n_tokens: int, t0: float
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     state.step += 1
-    return {"step": state.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-            "tokens_per_s": n_tokens / (time.time() - t0), **(extra or {}),
+    step_s = time.time() - t0  # the whole step: forward, backward, update (and GRPO's sampling)
+    return {"step": state.step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "step_s": step_s,
+            "tokens_per_s": n_tokens / step_s, **(extra or {}),
             "peak_memory_mb": peak_memory_mb(run.accelerator.device)}
 
 

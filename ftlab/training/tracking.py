@@ -29,7 +29,7 @@ from pathlib import Path
 LOG_TARGETS = ("jsonl", "csv", "tensorboard")
 
 # history.csv columns, in order (a CSV needs its header before the first row; JSONL keeps everything)
-CSV_COLUMNS = ("step", "loss", "lr", "grad_norm", "tokens_per_s", "step_tokens", "trained_tokens",
+CSV_COLUMNS = ("step", "loss", "lr", "grad_norm", "step_s", "tokens_per_s", "step_tokens", "trained_tokens",
                "peak_memory_mb", "elapsed_s", "val_loss", "val_ppl", "val_token_acc")
 
 
