@@ -13,13 +13,18 @@
 * **matmul limit**: the time this CPU takes for the model's own matrix products (every ``nn.Linear``
   shape, measured), turned into generated tokens/s: for the decode steps alone at that batch size
   (``decode limit``), and with the prompts read once each (``limit with prompts``; ``prompt share``
-  is their part of it). Nothing that runs the model can beat the latter; attention, norms and
-  Python come on top.
+  is their part of it). Each product is timed alone, repeatedly, with its weights hot in the cache,
+  so this limit is optimistic; attention, norms and Python come on top;
+* **linear ceiling**: ftlab's path once more, with a clock around every ``nn.Linear`` call of the
+  model (the output layer included): the generated tokens over the seconds spent inside them is what
+  the loop would reach if everything else - attention, norms, sampling, Python - cost nothing.
+  ``ceiling vs generate`` compares it with ``model.generate``: a speedup above it cannot come from a
+  better loop, only from cheaper arithmetic (another dtype, fewer or larger matrix products).
 
 Tokens/s counts generated tokens (the end-of-turn token included) over wall time. All paths must
 give the same tokens (``same`` column); the script fails if they do not. The last lines print
 ``speedup_16=`` (ftlab over model.generate at batch 16), ``speedup_vs_before_16=`` and ``target_met=``
-(>= 2x over model.generate).
+(>= 2x over model.generate), and ``linear_ceiling_16=``.
 
 Batch size B answers ``min(--prompts, 16·B)`` prompts, so batch 1 does not take all afternoon.
 The machine may be shared: the paths take turns batch by batch, and the load average is printed
@@ -156,29 +161,61 @@ def matmul_limit(model, batch_size: int, prompt_tokens: int, generated: int, min
             "tok_s": generated / (prompt_s + decode_s), "prompt_share": prompt_s / (prompt_s + decode_s)}
 
 
+def linear_seconds(model, run) -> tuple[float, float]:
+    """Run ``run()`` once with a clock around every ``nn.Linear`` call of ``model``: returns (seconds
+    inside the linear layers, total seconds). On a CPU each call has finished when it returns, so the
+    sum is exact; this is the part of a run that no change to the loop can remove without changing the
+    arithmetic (fewer or cheaper matrix products)."""
+    spent, starts = [0.0], {}
+
+    def before(module, args):
+        starts[module] = time.perf_counter()
+
+    def after(module, args, output):
+        spent[0] += time.perf_counter() - starts.pop(module)
+
+    handles = [h for m in model.modules() if isinstance(m, torch.nn.Linear)
+               for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
+    try:
+        t0 = time.perf_counter()
+        run()
+        return spent[0], time.perf_counter() - t0
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def bench_batch(model, tokenizer, prompts, batch_size, max_new_tokens, stops) -> dict:
     """The paths on the same prompts, taking turns, and the matmul limit at this batch size."""
     outputs, timings = run_paths(model, tokenizer, prompts, batch_size, max_new_tokens, stops)
     tokens = sum(len(t) for t in outputs["ftlab"])
     limit = matmul_limit(model, batch_size, sum(len(p) for p in prompts), tokens)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))   # ftlab's path once more, its linears timed
+    in_linear, hooked_s = linear_seconds(model, lambda: [
+        _ftlab(model, [prompts[i] for i in order[s:s + batch_size]], max_new_tokens, stops, tokenizer.pad_token_id)
+        for s in range(0, len(order), batch_size)])
     return {"batch": batch_size, "prompts": len(prompts), "tokens": tokens,
             "before_tok_s": tokens / timings["before"], "ftlab_tok_s": tokens / timings["ftlab"],
             "generate_tok_s": tokens / timings["generate"], "speedup": timings["generate"] / timings["ftlab"],
             "speedup_vs_before": timings["before"] / timings["ftlab"],
             "same": outputs["ftlab"] == outputs["generate"] == outputs["before"],
             "limit_tok_s": limit["tok_s"], "decode_limit_tok_s": limit["decode_tok_s"],
-            "limit_gflop_s": limit["gflop_s"], "prompt_share": limit["prompt_share"]}
+            "limit_gflop_s": limit["gflop_s"], "prompt_share": limit["prompt_share"],
+            "linear_share": in_linear / hooked_s, "linear_ceiling_tok_s": tokens / in_linear,
+            "ceiling_vs_generate": timings["generate"] / in_linear}
 
 
 def print_table(rows) -> None:
     print(f"{'batch':>5} {'prompts':>7} {'tokens':>6} {'before tok/s':>12} {'ftlab tok/s':>11} {'generate tok/s':>14} "
           f"{'vs before':>9} {'vs generate':>11} {'same':>5} {'decode limit':>12} {'(GFLOP/s)':>9} "
-          f"{'limit with prompts':>18} {'prompt share':>12} {'ftlab % of limit':>16}")
+          f"{'limit with prompts':>18} {'prompt share':>12} {'ftlab % of limit':>16} {'in linears':>10} "
+          f"{'linear ceiling':>14} {'ceiling vs generate':>19}")
     for r in rows:
         print(f"{r['batch']:>5} {r['prompts']:>7} {r['tokens']:>6} {r['before_tok_s']:>12.1f} {r['ftlab_tok_s']:>11.1f} "
               f"{r['generate_tok_s']:>14.1f} {r['speedup_vs_before']:>8.2f}x {r['speedup']:>10.2f}x {str(r['same']):>5} "
               f"{r['decode_limit_tok_s']:>12.0f} {r['limit_gflop_s']:>9.1f} {r['limit_tok_s']:>18.0f} "
-              f"{100 * r['prompt_share']:>11.0f}% {100 * r['ftlab_tok_s'] / r['limit_tok_s']:>15.0f}%")
+              f"{100 * r['prompt_share']:>11.0f}% {100 * r['ftlab_tok_s'] / r['limit_tok_s']:>15.0f}% "
+              f"{100 * r['linear_share']:>9.0f}% {r['linear_ceiling_tok_s']:>14.0f} {r['ceiling_vs_generate']:>18.2f}x")
 
 
 def main(argv=None) -> int:
@@ -222,6 +259,9 @@ def main(argv=None) -> int:
         print(f"speedup_16={at16[0]['speedup']:.2f}")
         print(f"speedup_vs_before_16={at16[0]['speedup_vs_before']:.2f}")
         print(f"target_met={'yes' if at16[0]['speedup'] >= TARGET_SPEEDUP else 'no'} (>= {TARGET_SPEEDUP:.0f}x)")
+        print(f"linear_ceiling_16={at16[0]['ceiling_vs_generate']:.2f}x model.generate: ftlab's run spent "
+              f"{100 * at16[0]['linear_share']:.0f} % of its time in nn.Linear; with everything else free it could "
+              f"reach {at16[0]['linear_ceiling_tok_s']:.0f} tokens/s and no more with these matrix products")
     return 0
 
 
