@@ -13,7 +13,8 @@ replay of general data during SFT, a lower SFT learning rate, a smaller LoRA ran
 and the course recipe's SFT (replay plus the per-example loss of ``docs/recipe.md``) alone and combined with
 DPO guards. Each row also prints the SFT model's probes, so a drop can be put on the stage that caused it
 (``--sft-only`` stops there: a quick screen). ``--only`` picks rows by name; ``--sft-steps``, ``--dpo-steps``
-and ``--probes`` change the sizes, which default to notebook 07's (every one of the 43 probes). Target (issue 28): the recommended pipeline loses at most 10 probe points (``MAX_PROBE_DROP``)
+and ``--probes`` change the sizes, which default to notebook 07's (every one of the 43 probes).
+Target (issue 28): the recommended pipeline loses at most 10 probe points (``MAX_PROBE_DROP``)
 while keeping the SFT model's task score. ``--model tiny`` checks the script in a minute (numbers mean nothing).
 """
 
