@@ -17,6 +17,7 @@ Usage: ``python -m ftlab.preflight.gpu_check [--budget-s 300]``.
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 
 from ftlab.preflight.checks import Check, meminfo
@@ -120,7 +121,7 @@ def _train_steps(model, opt, steps: int = 3, batch: int = 4, seq: int = 128) -> 
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(loss.item())
     return losses
 
 
@@ -175,8 +176,10 @@ def check_generation() -> Check:
     import torch
 
     model, tok = _small_model(torch.bfloat16)
-    t0 = time.monotonic()
     ids = tok("The capital of France is", return_tensors="pt").to("cuda")
+    model.generate(**ids, max_new_tokens=2, do_sample=False)  # warm-up: CUDA kernels load on first use
+    torch.cuda.synchronize()
+    t0 = time.monotonic()
     out = model.generate(**ids, max_new_tokens=32, do_sample=False)
     n = out.shape[1] - ids["input_ids"].shape[1]
     dt = time.monotonic() - t0
@@ -196,7 +199,10 @@ def check_estimate(method: str, batch: int, seq: int, checkpointing: bool) -> Ch
     from ftlab.memory.cuda import reserved_bytes
 
     cfg = Config(SMOL, method, batch, seq, checkpointing=checkpointing)
+    gc.collect()
     torch.cuda.empty_cache()
+    # What earlier checks left allocated is not this configuration's memory: measure above it.
+    baseline = torch.cuda.memory_allocated()
     model, opt = build(cfg, "cuda")
     data = make_batch(model.config.vocab_size, batch, seq, cfg.padded, device="cuda")
     torch.cuda.reset_peak_memory_stats()
@@ -204,7 +210,9 @@ def check_estimate(method: str, batch: int, seq: int, checkpointing: bool) -> Ch
     reserved = torch.cuda.max_memory_reserved()
     est = estimate_for(cfg, "cuda")
     del model, opt, data
-    return compare(cfg.label(), est.tensor_bytes, measured, reserved_bytes(est), reserved)
+    row = compare(cfg.label(), est.tensor_bytes, measured - baseline, reserved_bytes(est), reserved - baseline)
+    row.detail += f" (above {baseline / 2**20:.0f} MiB left by earlier checks)"
+    return row
 
 
 def gpu_checks():

@@ -121,10 +121,11 @@ def build(cfg: Config, device: str = "cpu"):
     from ftlab.training.methods import prepare_model
     from ftlab.training.optim import build_optimizer
 
-    key = (cfg.model, device)
-    if key not in _LOADED:  # load (and checksum) each model once; every configuration gets a fresh copy
-        _LOADED[key] = load_model(cfg.model, device=device, dtype="fp32")[0]
-    model = copy.deepcopy(_LOADED[key])
+    # Load (and checksum) each model once, on the CPU, and give every configuration a fresh copy on the
+    # device: a cached copy kept on a GPU would sit inside every later max_memory_allocated reading.
+    if cfg.model not in _LOADED:
+        _LOADED[cfg.model] = load_model(cfg.model, device="cpu", dtype="fp32")[0]
+    model = copy.deepcopy(_LOADED[cfg.model]).to(device)
     model.config._attn_implementation = cfg.attention
     if cfg.method in ("lora", "qlora"):
         model = prepare_model(model, cfg.method, lora_rank=cfg.lora_rank, lora_dropout=cfg.lora_dropout,
