@@ -626,3 +626,56 @@ def test_grpo_history_times_its_sampling(tmp_path):
                          [length_reward], config).history
     assert len(history) == 2
     assert all(0 < h["sample_s"] < h["step_s"] for h in history)
+
+
+# --------------------------------------------------------------------------- held-out measurements
+
+
+def test_held_out_scores_equal_the_separate_measurements():
+    """One forward per batch gives the same margins as implicit_margins, the same chosen log-probs as
+    sequence_logprobs, and the exact KL computed pair by pair with the full output layer."""
+    from ftlab.align import (held_out_scores, implicit_margins, kl_from_reference, precompute_reference,
+                             reference_distributions, sequence_logprobs, tokenize_preferences)
+    from ftlab.training import next_token_targets
+
+    model, tok = _lora_model()
+    _perturb(model)
+    examples = tokenize_preferences(_pairs(6), tok, 256)
+    precompute_reference(model, examples, batch_size=4, pad_token_id=tok.pad_token_id)
+    ref = reference_distributions(model, examples, batch_size=4, pad_token_id=tok.pad_token_id)
+    got = held_out_scores(model, examples, ref, batch_size=4, pad_token_id=tok.pad_token_id)
+
+    want_margins = implicit_margins(model, examples, batch_size=4, pad_token_id=tok.pad_token_id)
+    torch.testing.assert_close(torch.tensor(got["margins"]), torch.tensor(want_margins), atol=1e-4, rtol=1e-4)
+    model.eval()
+    total, count, chosen = 0.0, 0, []
+    with torch.no_grad():
+        for e in examples:    # one chosen answer at a time, no padding, the output layer everywhere
+            batch = collate_preferences([e], tok.pad_token_id)
+            ids, labels = batch["input_ids"][:1], batch["labels"][:1]
+            chosen.append(sequence_logprobs(model, {"input_ids": ids, "attention_mask": batch["attention_mask"][:1],
+                                                    "labels": labels})[0].item())
+            keep = next_token_targets(labels)[0] != -100
+            policy = torch.log_softmax(model(input_ids=ids).logits[0][keep], -1)
+            with model.disable_adapter():
+                reference = torch.log_softmax(model(input_ids=ids).logits[0][keep], -1)
+            total += (policy.exp() * (policy - reference)).sum().item()
+            count += int(keep.sum())
+    assert got["kl"] > 1e-4                               # the perturbed adapters moved the policy
+    assert abs(got["kl"] - total / count) < 1e-4 * max(1.0, total / count)
+    torch.testing.assert_close(torch.tensor(got["chosen_logps"]), torch.tensor(chosen), atol=1e-3, rtol=1e-4)
+    assert abs(kl_from_reference(model, examples, batch_size=4, pad_token_id=tok.pad_token_id) - got["kl"]) < 1e-6
+
+
+def test_held_out_scores_names_what_is_missing():
+    from ftlab.align import held_out_scores, reference_distributions, tokenize_preferences
+
+    model, tok = _lora_model()
+    examples = tokenize_preferences(_pairs(4), tok, 256)
+    ref = reference_distributions(model, examples, batch_size=2, pad_token_id=tok.pad_token_id)
+    with pytest.raises(ValueError, match="precompute_reference"):
+        held_out_scores(model, examples, ref, batch_size=2, pad_token_id=tok.pad_token_id)
+    for e in examples:
+        e["ref_chosen"], e["ref_rejected"] = 0.0, 0.0
+    with pytest.raises(ValueError, match="same batch_size"):
+        held_out_scores(model, examples, ref, batch_size=4, pad_token_id=tok.pad_token_id)

@@ -4,7 +4,7 @@ loop they share with ``ftlab.train``.
 """
 
 # The package's public names: imported from here by notebooks, tests and other packages.
-from ftlab.align.evaluate import implicit_margins, kl_from_reference
+from ftlab.align.evaluate import held_out_scores, implicit_margins, kl_from_reference, reference_distributions
 from ftlab.align.grpo import completion_batch, grpo_prompts, sample_completions, train_grpo
 from ftlab.align.logprobs import precompute_reference, reference_logprobs, sequence_logprobs, token_logprobs
 from ftlab.align.loop import AlignConfig, preference_loss, train_preferences

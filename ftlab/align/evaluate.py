@@ -7,6 +7,9 @@
   what the base model "prefers" on its own.
 - ``kl_from_reference``: the exact KL(policy || reference) of the next-token distributions, summed over
   the vocabulary, averaged over the answer tokens of fixed texts: how far the policy drifted.
+- ``held_out_scores``: both, and each chosen answer's log-prob, from one forward of the policy, against a
+  reference computed once (``reference_distributions``): what a table of many policies measured against one
+  starting model needs, at half the forward passes.
 
 A step's peak memory is ``ftlab.training.measure.step_peak_mb`` (CUDA's counter on a GPU, torch's
 ``MemTracker`` on a CPU, which counts tensors, not the process; ``tensor_tracker`` keeps only its global
@@ -20,8 +23,8 @@ import torch.nn.functional as F
 
 from ftlab.align.logprobs import reference_logprobs, reference_model, sequence_logprobs
 from ftlab.align.preferences import collate_preferences, split_pairs
-from ftlab.data import model_inputs
-from ftlab.training import next_token_targets
+from ftlab.data import IGNORE_INDEX, model_inputs
+from ftlab.training import accepts_logits_mask, next_token_targets
 
 
 def _batches(examples, batch_size, pad_token_id, device):
@@ -58,30 +61,86 @@ def implicit_margins(model, examples, batch_size: int = 8, pad_token_id: int = 0
     return margins
 
 
-def _answer_logprobs(model, batch):
-    """Full next-token log-distributions at the answer positions: ``(n_answer_tokens, vocab)``."""
-    keep = next_token_targets(batch["labels"]) != -100
+def _pair_pass(model, batch):
+    """One forward over a batch of pairs (chosen rows first): every row's summed answer log-prob ``(N,)`` and
+    the full next-token log-distributions at the chosen rows' answer positions ``(n_tokens, vocab)``.
+    The output layer runs only where a label exists (``logits_to_keep``), as in training."""
+    targets = next_token_targets(batch["labels"])
+    keep = targets != IGNORE_INDEX
     inputs = model_inputs({k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")})
-    logits = model(**inputs, use_cache=False).logits
-    return F.log_softmax(logits[keep].float(), dim=-1)
+    if accepts_logits_mask(model):
+        logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits           # (n_kept, vocab)
+    else:
+        logits = model(**inputs, use_cache=False).logits[:, -targets.shape[1]:][keep]
+    logp = F.log_softmax(logits.float(), dim=-1)
+    row = keep.nonzero()[:, 0]                       # the row of each kept position
+    picked = logp.gather(1, targets[keep][:, None])[:, 0]
+    sums = torch.zeros(keep.shape[0], dtype=logp.dtype, device=logp.device).index_add_(0, row, picked)
+    return sums, logp[row < keep.shape[0] // 2]
+
+
+def _kl(policy, reference):
+    """Summed exact KL(policy || reference) over positions of two log-distributions, and the positions."""
+    return (policy.exp() * (policy - reference)).sum().item(), policy.shape[0]
 
 
 @torch.no_grad()
-def kl_from_reference(model, examples, batch_size: int = 8, pad_token_id: int = 0, ref_model=None,
-                      side: str = "chosen") -> float:
-    """Mean per-token KL(policy || reference) over the ``side`` answers of ``examples`` (nats/token)."""
+def reference_distributions(model, examples, batch_size: int = 8, pad_token_id: int = 0, ref_model=None) -> list:
+    """The reference's next-token log-distributions at the chosen answers' positions, one tensor per batch.
+
+    A fixed reference gives the same numbers for every policy measured against it: compute them once and
+    pass them to ``held_out_scores`` (a 16-pair held-out set of short answers keeps ~100 MB)."""
+    device = next(model.parameters()).device
+    with reference_model(model, ref_model) as ref:
+        was_training = ref.training
+        ref.eval()
+        try:
+            return [_pair_pass(ref, batch)[1] for batch in _batches(examples, batch_size, pad_token_id, device)]
+        finally:
+            ref.train(was_training)
+
+
+@torch.no_grad()
+def kl_from_reference(model, examples, batch_size: int = 8, pad_token_id: int = 0, ref_model=None) -> float:
+    """Mean per-token KL(policy || reference) over the chosen answers of ``examples`` (nats/token)."""
+    return held_out_scores(model, examples, reference_distributions(model, examples, batch_size, pad_token_id, ref_model),
+                           batch_size, pad_token_id)["kl"]
+
+
+@torch.no_grad()
+def held_out_scores(model, examples, reference: list, batch_size: int = 8, pad_token_id: int = 0) -> dict:
+    """Everything measured on held-out pairs, from one forward of the policy per batch:
+
+    - ``margins``: the implicit reward margins against the examples' cached reference log-probs (as
+      ``implicit_margins``; the examples must carry ``ref_chosen``/``ref_rejected``, ``precompute_reference``);
+    - ``chosen_logps``: each chosen answer's summed log-prob under the policy;
+    - ``kl``: the exact per-token KL(policy || reference) over the chosen answers, against ``reference`` =
+      ``reference_distributions(...)`` computed once on the same examples with the same batch size.
+    """
+    missing = [i for i, e in enumerate(examples) if "ref_chosen" not in e or "ref_rejected" not in e]
+    if missing:
+        raise ValueError(f"held_out_scores: examples {missing[:5]} carry no cached reference log-probs. Fix: run "
+                         f"precompute_reference(model, examples, batch_size) on them first.")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    total, count = 0.0, 0
-    for batch in _batches(examples, batch_size, pad_token_id, device):
-        rows = slice(0, batch["input_ids"].shape[0] // 2) if side == "chosen" else slice(batch["input_ids"].shape[0] // 2, None)
-        half = {k: v[rows] for k, v in batch.items() if k != "index"}
-        policy = _answer_logprobs(model, half)
-        with reference_model(model, ref_model) as ref:
-            ref.eval()
-            reference = _answer_logprobs(ref, half)
-        total += (policy.exp() * (policy - reference)).sum().item()
-        count += policy.shape[0]
+    margins, chosen_logps, total, count = [], [], 0.0, 0
+    batches = list(_batches(examples, batch_size, pad_token_id, device))
+    if len(reference) != len(batches):
+        raise ValueError(f"held_out_scores: {len(reference)} reference batches for {len(batches)} batches of examples. "
+                         f"Fix: compute reference_distributions on the same examples with the same batch_size.")
+    for start, batch, ref in zip(range(0, len(examples), batch_size), batches, reference):
+        chunk = examples[start:start + batch_size]
+        sums, policy = _pair_pass(model, batch)
+        if policy.shape != ref.shape:
+            raise ValueError(f"held_out_scores: batch at example {start} has {policy.shape[0]} answer tokens, its "
+                             f"reference {ref.shape[0]}. Fix: reference_distributions on the same examples.")
+        chosen, rejected = split_pairs(sums)
+        ref_c = torch.tensor([e["ref_chosen"] for e in chunk], device=device, dtype=sums.dtype)
+        ref_r = torch.tensor([e["ref_rejected"] for e in chunk], device=device, dtype=sums.dtype)
+        margins += ((chosen - ref_c) - (rejected - ref_r)).tolist()
+        chosen_logps += chosen.tolist()
+        kl, n = _kl(policy, ref.to(device))
+        total, count = total + kl, count + n
     model.train(was_training)
-    return total / max(count, 1)
+    return {"margins": margins, "chosen_logps": chosen_logps, "kl": total / max(count, 1)}
