@@ -640,31 +640,42 @@ def test_held_out_scores_equal_the_separate_measurements():
 
     model, tok = _lora_model()
     _perturb(model)
+    # The reference: another model, far from the policy, so that KL(p||q) and KL(q||p) differ by far more than
+    # the tolerance (with adapters off, the tiny model's KL saturates near 0.03, where the two agree to 1e-3).
+    other, _ = load_model("tiny")
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.5)
+    other.eval()
+    pad = tok.pad_token_id
     examples = tokenize_preferences(_pairs(6), tok, 256)
-    precompute_reference(model, examples, batch_size=4, pad_token_id=tok.pad_token_id)
-    ref = reference_distributions(model, examples, batch_size=4, pad_token_id=tok.pad_token_id)
-    got = held_out_scores(model, examples, ref, batch_size=4, pad_token_id=tok.pad_token_id)
+    precompute_reference(model, examples, batch_size=4, pad_token_id=pad, ref_model=other)
+    ref = reference_distributions(model, examples, batch_size=4, pad_token_id=pad, ref_model=other)
+    got = held_out_scores(model, examples, ref, batch_size=4, pad_token_id=pad)
 
-    want_margins = implicit_margins(model, examples, batch_size=4, pad_token_id=tok.pad_token_id)
+    want_margins = implicit_margins(model, examples, batch_size=4, pad_token_id=pad)
     torch.testing.assert_close(torch.tensor(got["margins"]), torch.tensor(want_margins), atol=1e-4, rtol=1e-4)
     model.eval()
-    total, count, chosen = 0.0, 0, []
+    total, reverse, count, chosen = 0.0, 0.0, 0, []
     with torch.no_grad():
         for e in examples:    # one chosen answer at a time, no padding, the output layer everywhere
-            batch = collate_preferences([e], tok.pad_token_id)
+            batch = collate_preferences([e], pad)
             ids, labels = batch["input_ids"][:1], batch["labels"][:1]
             chosen.append(sequence_logprobs(model, {"input_ids": ids, "attention_mask": batch["attention_mask"][:1],
                                                     "labels": labels})[0].item())
             keep = next_token_targets(labels)[0] != -100
             policy = torch.log_softmax(model(input_ids=ids).logits[0][keep], -1)
-            with model.disable_adapter():
-                reference = torch.log_softmax(model(input_ids=ids).logits[0][keep], -1)
+            reference = torch.log_softmax(other(input_ids=ids).logits[0][keep], -1)
             total += (policy.exp() * (policy - reference)).sum().item()
+            reverse += (reference.exp() * (reference - policy)).sum().item()
             count += int(keep.sum())
-    assert got["kl"] > 1e-4                               # the perturbed adapters moved the policy
-    assert abs(got["kl"] - total / count) < 1e-4 * max(1.0, total / count)
+    want_kl = total / count
+    assert abs(reverse - total) / total > 0.01            # the direction matters at this distance
+    assert math.isclose(got["kl"], want_kl, rel_tol=1e-3), (got["kl"], want_kl)
+    assert math.isclose(kl_from_reference(model, examples, batch_size=4, pad_token_id=pad, ref_model=other), want_kl,
+                        rel_tol=1e-3)
     torch.testing.assert_close(torch.tensor(got["chosen_logps"]), torch.tensor(chosen), atol=1e-3, rtol=1e-4)
-    assert abs(kl_from_reference(model, examples, batch_size=4, pad_token_id=tok.pad_token_id) - got["kl"]) < 1e-6
 
 
 def test_held_out_scores_names_what_is_missing():
@@ -679,3 +690,5 @@ def test_held_out_scores_names_what_is_missing():
         e["ref_chosen"], e["ref_rejected"] = 0.0, 0.0
     with pytest.raises(ValueError, match="same batch_size"):
         held_out_scores(model, examples, ref, batch_size=4, pad_token_id=tok.pad_token_id)
+    with pytest.raises(ValueError, match="answer tokens"):          # a reference from other examples
+        held_out_scores(model, examples, [r[:-1] for r in ref], batch_size=2, pad_token_id=tok.pad_token_id)

@@ -61,10 +61,9 @@ def implicit_margins(model, examples, batch_size: int = 8, pad_token_id: int = 0
     return margins
 
 
-def _pair_pass(model, batch):
-    """One forward over a batch of pairs (chosen rows first): every row's summed answer log-prob ``(N,)`` and
-    the full next-token log-distributions at the chosen rows' answer positions ``(n_tokens, vocab)``.
-    The output layer runs only where a label exists (``logits_to_keep``), as in training."""
+def _kept_logprobs(model, batch):
+    """One forward: the full next-token log-distributions at every labelled position ``(n_kept, vocab)``, the
+    row of each position, and its target token. The output layer runs only there (``logits_to_keep``)."""
     targets = next_token_targets(batch["labels"])
     keep = targets != IGNORE_INDEX
     inputs = model_inputs({k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")})
@@ -72,11 +71,13 @@ def _pair_pass(model, batch):
         logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits           # (n_kept, vocab)
     else:
         logits = model(**inputs, use_cache=False).logits[:, -targets.shape[1]:][keep]
-    logp = F.log_softmax(logits.float(), dim=-1)
-    row = keep.nonzero()[:, 0]                       # the row of each kept position
-    picked = logp.gather(1, targets[keep][:, None])[:, 0]
-    sums = torch.zeros(keep.shape[0], dtype=logp.dtype, device=logp.device).index_add_(0, row, picked)
-    return sums, logp[row < keep.shape[0] // 2]
+    return F.log_softmax(logits.float(), dim=-1), keep.nonzero()[:, 0], targets[keep]
+
+
+def _chosen_half(batch):
+    """The chosen rows of a collated batch of pairs (``collate_preferences`` puts them first)."""
+    half = batch["input_ids"].shape[0] // 2
+    return {k: v[:half] for k, v in batch.items() if k != "index"}
 
 
 def _kl(policy, reference):
@@ -86,16 +87,18 @@ def _kl(policy, reference):
 
 @torch.no_grad()
 def reference_distributions(model, examples, batch_size: int = 8, pad_token_id: int = 0, ref_model=None) -> list:
-    """The reference's next-token log-distributions at the chosen answers' positions, one tensor per batch.
+    """The reference's next-token log-distributions at the chosen answers' positions, one tensor per batch, kept
+    on the CPU (on a GPU they would sit inside every later memory reading).
 
     A fixed reference gives the same numbers for every policy measured against it: compute them once and
-    pass them to ``held_out_scores`` (a 16-pair held-out set of short answers keeps ~100 MB)."""
+    pass them to ``held_out_scores`` (16 held-out pairs of the course's short answers keep ~40 MiB)."""
     device = next(model.parameters()).device
     with reference_model(model, ref_model) as ref:
         was_training = ref.training
         ref.eval()
         try:
-            return [_pair_pass(ref, batch)[1] for batch in _batches(examples, batch_size, pad_token_id, device)]
+            return [_kept_logprobs(ref, _chosen_half(batch))[0].cpu()
+                    for batch in _batches(examples, batch_size, pad_token_id, device)]
         finally:
             ref.train(was_training)
 
@@ -103,8 +106,19 @@ def reference_distributions(model, examples, batch_size: int = 8, pad_token_id: 
 @torch.no_grad()
 def kl_from_reference(model, examples, batch_size: int = 8, pad_token_id: int = 0, ref_model=None) -> float:
     """Mean per-token KL(policy || reference) over the chosen answers of ``examples`` (nats/token)."""
-    return held_out_scores(model, examples, reference_distributions(model, examples, batch_size, pad_token_id, ref_model),
-                           batch_size, pad_token_id)["kl"]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for batch in _batches(examples, batch_size, pad_token_id, device):
+        half = _chosen_half(batch)
+        policy = _kept_logprobs(model, half)[0]
+        with reference_model(model, ref_model) as ref:
+            ref.eval()
+            kl, n = _kl(policy, _kept_logprobs(ref, half)[0])
+        total, count = total + kl, count + n
+    model.train(was_training)
+    return total / max(count, 1)
 
 
 @torch.no_grad()
@@ -131,7 +145,10 @@ def held_out_scores(model, examples, reference: list, batch_size: int = 8, pad_t
                          f"Fix: compute reference_distributions on the same examples with the same batch_size.")
     for start, batch, ref in zip(range(0, len(examples), batch_size), batches, reference):
         chunk = examples[start:start + batch_size]
-        sums, policy = _pair_pass(model, batch)
+        logp, row, target = _kept_logprobs(model, batch)
+        sums = torch.zeros(batch["input_ids"].shape[0], dtype=logp.dtype, device=logp.device).index_add_(
+            0, row, logp.gather(1, target[:, None])[:, 0])                   # each row's summed answer log-prob
+        policy = logp[row < batch["input_ids"].shape[0] // 2]                # the chosen rows' positions
         if policy.shape != ref.shape:
             raise ValueError(f"held_out_scores: batch at example {start} has {policy.shape[0]} answer tokens, its "
                              f"reference {ref.shape[0]}. Fix: reference_distributions on the same examples.")

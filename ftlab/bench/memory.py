@@ -30,7 +30,7 @@ import torch
 
 from ftlab.training.loss import count_trained_tokens
 from ftlab.memory.breakdown import _fmt
-from ftlab.training.measure import (SMOL, TINY, Config, build, estimate_for, make_batch,
+from ftlab.training.measure import (SMOL, TINY, Config, build, cuda_baseline, estimate_for, make_batch,
                                     measure_training_peak)
 
 
@@ -90,11 +90,15 @@ def run(configs, device: str = "cpu", out=sys.stdout) -> list[dict]:
     for cfg in tqdm(configs, desc="memory bench", file=sys.stderr):
         torch.manual_seed(0)
         t0 = time.time()
+        # on a GPU, what earlier configurations left allocated is not this one's memory (on a CPU the tracker
+        # sees only this run's tensors)
+        allocated_before = cuda_baseline()[0] if device.startswith("cuda") else 0
         model, opt = build(cfg, device)
         batch = make_batch(model.config.vocab_size, cfg.batch_size, cfg.seq_len, cfg.padded, device=device,
                            trained_fraction=cfg.trained_fraction)
         trained_only = cfg.trained_fraction is not None
         measured, where = measure_training_peak(model, opt, batch, trained_logits_only=trained_only)
+        measured -= allocated_before
         acc = accelerate_training_bytes(model)
         est = estimate_for(cfg, device, count_trained_tokens(batch["labels"]) if trained_only else None)
         predicted = est.tensor_bytes

@@ -17,7 +17,6 @@ Usage: ``python -m ftlab.preflight.gpu_check [--budget-s 300]``.
 from __future__ import annotations
 
 import argparse
-import gc
 import time
 
 from ftlab.preflight.checks import Check, meminfo
@@ -195,14 +194,11 @@ ESTIMATE_CONFIGS = [  # (method, batch, seq, checkpointing): bench configuration
 def check_estimate(method: str, batch: int, seq: int, checkpointing: bool) -> Check:
     import torch
 
-    from ftlab.training.measure import SMOL, Config, build, estimate_for, make_batch, measure_training_peak
     from ftlab.memory.cuda import reserved_bytes
+    from ftlab.training.measure import SMOL, Config, build, cuda_baseline, estimate_for, make_batch, measure_training_peak
 
     cfg = Config(SMOL, method, batch, seq, checkpointing=checkpointing)
-    gc.collect()
-    torch.cuda.empty_cache()
-    # What earlier checks left allocated is not this configuration's memory: measure above it.
-    baseline = torch.cuda.memory_allocated()
+    allocated_before, reserved_before = cuda_baseline()
     model, opt = build(cfg, "cuda")
     data = make_batch(model.config.vocab_size, batch, seq, cfg.padded, device="cuda")
     torch.cuda.reset_peak_memory_stats()
@@ -210,8 +206,9 @@ def check_estimate(method: str, batch: int, seq: int, checkpointing: bool) -> Ch
     reserved = torch.cuda.max_memory_reserved()
     est = estimate_for(cfg, "cuda")
     del model, opt, data
-    row = compare(cfg.label(), est.tensor_bytes, measured - baseline, reserved_bytes(est), reserved - baseline)
-    row.detail += f" (above {baseline / 2**20:.0f} MiB left by earlier checks)"
+    row = compare(cfg.label(), est.tensor_bytes, measured - allocated_before, reserved_bytes(est),
+                  reserved - reserved_before)
+    row.detail += f" (above {allocated_before / 2**20:.0f} MiB left by earlier checks)"
     return row
 
 

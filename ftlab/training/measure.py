@@ -11,6 +11,7 @@ estimator with, and what notebook 07 measures per step.
 from __future__ import annotations
 
 import copy
+import gc
 from dataclasses import dataclass, field
 
 import torch
@@ -185,6 +186,15 @@ def tensor_tracker():
                     self._peak_mem_snap[dev] = dict(snap)
 
     return Tracker()
+
+
+def cuda_baseline() -> tuple[int, int]:
+    """``(allocated, reserved)`` bytes on the GPU before a configuration is built, after freeing what can be
+    freed. What earlier work left behind is not the next configuration's memory: subtract these from its
+    ``max_memory_allocated`` / ``max_memory_reserved``."""
+    gc.collect()
+    torch.cuda.empty_cache()
+    return torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
 
 
 def measure_training_peak(model, optimizer, batch: dict, steps: int = 2,
