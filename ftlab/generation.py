@@ -7,7 +7,9 @@ position, so every prompt of a batch must end there. Greedy decoding gives the t
 Why not ``model.generate``? It is general (beam search, processors, streamers, stopping
 criteria) and keeps every row in the batch until the longest answer ends. Here a row that
 has written its end-of-turn token leaves the batch, so a batch gets cheaper as it goes;
-``python -m ftlab.bench.generate`` measures both.
+``python -m ftlab.bench.generate`` measures both. Prompts of very different lengths in one call
+(notebook 07 asks its one-line probe questions next to 130-token tasks) are read in length groups,
+each padded only to its own longest prompt, and then decoded as one batch (``_length_groups``).
 """
 
 from __future__ import annotations
@@ -158,6 +160,61 @@ def _prefill(model, prompt_ids, pad_id: int, capacity: int, extra: dict):
     return out, cache, mask, positions[:, -1:]
 
 
+def _length_groups(prompt_ids) -> list[list[int]]:
+    """The prompts' indices in groups of similar length: shortest first, a new group where a prompt is at least
+    twice as long as the shortest of the current one.
+
+    Why: a batch is padded to its longest prompt, and reading the padding costs what reading tokens does. Ten
+    one-line questions next to ten 130-token tasks would each read 130 positions; in their own group, 17. The
+    groups are read apart and then decoded as one batch (``_merge_groups``): a decode step of a small model on
+    a CPU costs about the same for 10 rows as for 60 (its time goes into reading the weights), so one decode
+    for all groups is nearly as cheap as one for the largest.
+    """
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+    groups = [[order[0]]]
+    for i in order[1:]:
+        if len(prompt_ids[i]) >= 2 * len(prompt_ids[groups[-1][0]]):
+            groups.append([])
+        groups[-1].append(i)
+    return groups
+
+
+def _merge_groups(parts, n_rows: int, capacity: int):
+    """One batch from prompts prefilled in groups: ``parts`` = [(row indices, ``_prefill``'s result)].
+
+    Every row must end at the same cache column, so each group's cache moves right to end where the longest
+    group's does; the columns in front of it are zeros, masked out (attention gives them weight exactly 0).
+    Rows keep their order in the caller's list, and their position ids: each row sees what it saw in its group.
+    Returns the last logits, the cache, the attention mask and the last positions, as ``_prefill`` does."""
+    import torch
+
+    width = max(p[1][2].shape[1] for p in parts)  # the longest group's cache length
+    first = parts[0][1]
+    last = first[0].logits.new_empty(n_rows, first[0].logits.shape[-1])
+    mask = first[2].new_zeros(n_rows, width)
+    positions = first[3].new_empty(n_rows, 1)
+    cache, layer = _new_cache(capacity), _growing_layer()
+    for index, source in enumerate(first[1].layers):
+        merged = layer(capacity)
+        k, v = source._k, source._v
+        merged._k = k.new_zeros(n_rows, k.shape[1], capacity, k.shape[3])
+        merged._v = v.new_zeros(n_rows, v.shape[1], capacity, v.shape[3])
+        for rows, (_, group_cache, group_mask, _) in parts:
+            n = group_mask.shape[1]
+            rows_t = torch.tensor(rows, device=k.device)
+            merged._k[rows_t, :, width - n:width] = group_cache.layers[index]._k[:, :, :n]
+            merged._v[rows_t, :, width - n:width] = group_cache.layers[index]._v[:, :, :n]
+        merged.length, merged.dtype, merged.device, merged.is_initialized = width, source.dtype, source.device, True
+        merged.keys, merged.values = merged._k[:, :, :width], merged._v[:, :, :width]
+        cache.layers.append(merged)
+    for rows, (out, _, group_mask, group_positions) in parts:
+        rows_t = torch.tensor(rows, device=group_mask.device)
+        last[rows_t] = out.logits[:, -1]
+        mask[rows_t, width - group_mask.shape[1]:] = group_mask
+        positions[rows_t] = group_positions
+    return last, cache, mask, positions
+
+
 def generate_tokens(model, prompt_ids, *, max_new_tokens: int, stop_ids, pad_id: int,
                     do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                     generator=None) -> list[list[int]]:
@@ -189,9 +246,15 @@ def generate_tokens(model, prompt_ids, *, max_new_tokens: int, stop_ids, pad_id:
     new = [[] for _ in prompt_ids]
     with torch.inference_mode():
         capacity = max(len(p) for p in prompt_ids) + max_new_tokens
-        out, cache, mask, positions = _prefill(model, prompt_ids, pad_id, capacity, extra)
+        groups = _length_groups(prompt_ids)
+        if len(groups) == 1:
+            out, cache, mask, positions = _prefill(model, prompt_ids, pad_id, capacity, extra)
+            last = out.logits[:, -1]
+        else:  # each group's prompts read apart (no padding to the longest prompt), then one decode for all
+            parts = [(rows_, _prefill(model, [prompt_ids[i] for i in rows_], pad_id, capacity, extra)) for rows_ in groups]
+            last, cache, mask, positions = _merge_groups(parts, len(prompt_ids), capacity)
         for step in range(max_new_tokens):
-            token = _next_tokens(out.logits[:, -1].float(), do_sample, temperature, top_p, generator)
+            token = _next_tokens(last.float(), do_sample, temperature, top_p, generator)
             for row, t in zip(rows.tolist(), token.tolist()):
                 new[row].append(t)
             alive = ~torch.isin(token, stops)
@@ -203,6 +266,6 @@ def generate_tokens(model, prompt_ids, *, max_new_tokens: int, stop_ids, pad_id:
                 rows, token, mask, positions = rows[keep], token[keep], mask[keep], positions[keep]
             mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
             positions = positions + 1
-            out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions,
-                        past_key_values=cache, use_cache=True)
+            last = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions,
+                         past_key_values=cache, use_cache=True).logits[:, -1]
     return new

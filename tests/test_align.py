@@ -111,8 +111,11 @@ def test_dpo_matches_trl(tmp_path, loss_type, beta, sft_weight):
 
     torch.testing.assert_close(loss, trl_loss, rtol=1e-5, atol=1e-5)
     assert trl_metrics["rewards/margins"] != 0  # the check is not trivial
+    # ftlab runs each pair's prompt once (shared-prompt rows), TRL twice: the same sums in another order. A reward is
+    # beta x the difference of two log-probs about 100x its size, so their float32 rounding (~1e-6 relative, measured)
+    # shows in it at ~1e-4 relative
     for name in METRICS:
-        assert math.isclose(metrics[name].item(), trl_metrics[name], rel_tol=1e-5, abs_tol=1e-5), name
+        assert math.isclose(metrics[name].item(), trl_metrics[name], rel_tol=1e-4, abs_tol=1e-5), (name, metrics[name].item(), trl_metrics[name])
     _assert_same_gradients(grads, trl_grads)
 
 
@@ -169,6 +172,49 @@ def test_lean_output_layer_gives_the_same_numbers(monkeypatch, method, temperatu
     assert all(torch.equal(lean_grads[n], plain_grads[n]) for n in plain_grads)
 
 
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_shared_prompt_rows_give_the_same_logprobs_and_gradients(method):
+    """``token_logprobs(pairs=True)`` runs each pair's prompt once (one row: prompt, chosen, rejected, with a
+    4-D mask): the same log-probabilities and gradients as the two rows apart, to float rounding, for fewer
+    tokens - also for a pair whose answers share their first tokens, and with the prompt scored too (ORPO's
+    ``orpo_nll_on="sequence"``). And a rejected answer never sees the chosen one: changing the chosen
+    answer's tokens leaves every rejected log-probability as it was."""
+    import ftlab.align.logprobs as lp
+
+    model, tok = _lora_model() if method == "lora" else load_model("tiny")
+    if method == "lora":
+        _perturb(model)
+    records = _pairs(3)
+    records.append({**records[0], "chosen": "Positive, clearly.", "rejected": "Positive? Maybe negative."})
+    batch = collate_preferences(tokenize_preferences(records, tok), tok.pad_token_id)
+    prompt_too = {**batch, "labels": batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)}
+
+    def run(b, pairs):
+        model.zero_grad(set_to_none=True)
+        per_token = lp.token_logprobs(model, b, pairs=pairs)
+        (per_token.sum(-1) * torch.arange(1.0, per_token.shape[0] + 1)).sum().backward()
+        return per_token.detach(), _grads(model)
+
+    for b in (batch, prompt_too):
+        apart, apart_grads = run(b, pairs=False)
+        shared, shared_grads = run(b, pairs=True)
+        torch.testing.assert_close(shared, apart, rtol=1e-5, atol=1e-5)
+        assert (shared != 0).sum() == (apart != 0).sum() > 0
+        _assert_same_gradients(shared_grads, apart_grads, rtol=1e-4)
+    packed = lp._shared_prompt_rows(batch, torch.float32)
+    assert packed["inputs"]["input_ids"].numel() < 0.75 * batch["input_ids"].numel()
+
+    n = len(records)
+    other = batch["input_ids"].clone()
+    answer = (batch["labels"][:n] != -100) & (other[:n] != other[n:])   # the chosen answers' own tokens
+    other[:n][answer] = (other[:n][answer] + 7) % model.config.vocab_size
+    with torch.no_grad():
+        before = lp.token_logprobs(model, batch, pairs=True)
+        after = lp.token_logprobs(model, {**batch, "input_ids": other}, pairs=True)
+    assert torch.equal(before[n:], after[n:]) and not torch.equal(before[:n], after[:n])
+
+
 # --------------------------------------------------------------------------- ORPO parity
 
 
@@ -202,7 +248,7 @@ def test_orpo_matches_trl(tmp_path):
     grads = _grads(model)
     torch.testing.assert_close(loss, trl_loss, rtol=1e-5, atol=1e-5)
     for name in (*METRICS, "nll_loss", "log_odds_ratio", "log_odds_chosen"):
-        assert math.isclose(metrics[name].item(), trl_metrics[name], rel_tol=1e-5, abs_tol=1e-5), name
+        assert math.isclose(metrics[name].item(), trl_metrics[name], rel_tol=1e-5, abs_tol=1e-5), (name, metrics[name].item(), trl_metrics[name])
     _assert_same_gradients(grads, trl_grads)
 
 

@@ -83,6 +83,27 @@ def test_greedy_equals_the_loop_before_the_speed_up_and_shares_prompt_prefixes(t
     assert generate_tokens(model, nested[:2], **kw) == expected[:2]
 
 
+
+def test_prompts_of_very_different_lengths_are_read_in_groups_and_decoded_as_one_batch(tiny):
+    """Short and long prompts in one call: each length group is read apart (no padding to the longest
+    prompt), then all rows decode together. Every row gets the tokens ``model.generate`` gives it alone,
+    also when rows stop at different steps, and the rows come back in the caller's order."""
+    from ftlab.generation import _length_groups
+
+    model, tok = tiny
+    pad = tok.pad_token_id
+    long = "Summarise this: " + "the lighthouse keeper counted the waves again and again, " * 6
+    ids = prompt_ids(tok, ["Hi", long, "What is 2+2?", long + " Be brief.", "Name a colour."])
+    groups = _length_groups(ids)
+    assert sorted(map(sorted, groups)) == [[0, 2, 4], [1, 3]]
+    free = [hf_generate(model, [p], 12, [tok.eos_token_id], pad)[0] for p in ids]
+    stops = sorted({free[0][2], free[1][5], free[3][8]})
+    alone = [hf_generate(model, [p], 12, stops, pad)[0] for p in ids]   # one prompt at a time: no padding at all
+    assert len({len(r) for r in alone}) > 1, "the rows should stop at different steps"
+    assert generate_tokens(model, ids, max_new_tokens=12, stop_ids=stops, pad_id=pad) == alone
+    assert generate_tokens(model, ids[::-1], max_new_tokens=12, stop_ids=stops, pad_id=pad) == alone[::-1]
+
+
 def test_generate_answers_equals_the_model_generate_path(tiny):
     """``generate_answers`` (sorted batches, answers back in prompt order) == the batches through ``model.generate``."""
     from ftlab.evaluate import generate_answers

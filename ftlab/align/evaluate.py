@@ -21,7 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ftlab.align.logprobs import reference_logprobs, reference_model, sequence_logprobs
+from ftlab.align.logprobs import (_shared_prompt_rows, _takes_4d_masks, reference_logprobs, reference_model,
+                                  sequence_logprobs)
 from ftlab.align.preferences import collate_preferences, split_pairs
 from ftlab.data import IGNORE_INDEX, model_inputs
 from ftlab.training import accepts_logits_mask, next_token_targets
@@ -47,27 +48,31 @@ def implicit_margins(model, examples, batch_size: int = 8, pad_token_id: int = 0
     margins = []
     for start, batch in zip(range(0, len(examples), batch_size), _batches(examples, batch_size, pad_token_id, device)):
         chunk = examples[start:start + batch_size]
-        chosen, rejected = split_pairs(sequence_logprobs(model, batch)[0])
+        chosen, rejected = split_pairs(sequence_logprobs(model, batch, pairs=True)[0])   # each prompt once
         margin = chosen - rejected
         if reference:
             if all("ref_chosen" in e for e in chunk):
                 ref_c = torch.tensor([e["ref_chosen"] for e in chunk], device=device)
                 ref_r = torch.tensor([e["ref_rejected"] for e in chunk], device=device)
             else:
-                ref_c, ref_r = split_pairs(reference_logprobs(model, batch, ref_model)[0])
+                ref_c, ref_r = split_pairs(reference_logprobs(model, batch, ref_model, pairs=True)[0])
             margin = margin - (ref_c - ref_r)
         margins += margin.tolist()
     model.train(was_training)
     return margins
 
 
-def _kept_logprobs(model, batch):
+def _kept_logprobs(model, batch, pairs: bool = False):
     """One forward: the full next-token log-distributions at every labelled position ``(n_kept, vocab)``, the
-    row of each position, and its target token. The output layer runs only there (``logits_to_keep``)."""
+    row of each position, and its target token. The output layer runs only there (``logits_to_keep``).
+    ``pairs``: a preference batch, whose prompts then run once per pair (``logprobs._shared_prompt_rows``)."""
     targets = next_token_targets(batch["labels"])
     keep = targets != IGNORE_INDEX
     inputs = model_inputs({k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")})
-    if accepts_logits_mask(model):
+    if pairs and accepts_logits_mask(model) and _takes_4d_masks(model):
+        packed = _shared_prompt_rows(batch, next(model.parameters()).dtype)
+        logits = model(**packed["inputs"], use_cache=False, logits_to_keep=packed["needed"]).logits[packed["take"]]
+    elif accepts_logits_mask(model):
         logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits           # (n_kept, vocab)
     else:
         logits = model(**inputs, use_cache=False).logits[:, -targets.shape[1]:][keep]
@@ -145,7 +150,7 @@ def held_out_scores(model, examples, reference: list, batch_size: int = 8, pad_t
                          f"Fix: compute reference_distributions on the same examples with the same batch_size.")
     for start, batch, ref in zip(range(0, len(examples), batch_size), batches, reference):
         chunk = examples[start:start + batch_size]
-        logp, row, target = _kept_logprobs(model, batch)
+        logp, row, target = _kept_logprobs(model, batch, pairs=True)   # each prompt once
         sums = torch.zeros(batch["input_ids"].shape[0], dtype=logp.dtype, device=logp.device).index_add_(
             0, row, logp.gather(1, target[:, None])[:, 0])                   # each row's summed answer log-prob
         policy = logp[row < batch["input_ids"].shape[0] // 2]                # the chosen rows' positions

@@ -11,6 +11,14 @@ started from. With LoRA the starting model is *inside* the policy: switch the ad
 no second ``load_model`` - the memory a separate reference would take (all of the base's
 parameters again) is saved. For DPO the reference never changes, so its log-probabilities are
 computed once, before training, and cached per example (``precompute_reference``).
+
+**A pair's prompt once.** The chosen and the rejected answer of a pair follow the same prompt - in the
+course's pairs ~110 of each side's ~130 tokens. With ``pairs=True`` (DPO, IPO, ORPO, the reference cache and
+the held-out measurements use it) the two sides become one row, prompt + chosen + rejected, under a mask that
+lets each answer see the prompt and itself only, with each token at its own sequence's position: the same
+log-probabilities, to float rounding, for ~40 % fewer tokens (measured on the real model: forward + backward of 4 pairs
+in 2.0-2.2 s instead of 3.1-3.7 s, and a third less peak memory; ``tests/test_align.py`` checks the numbers and
+that one answer never sees the other).
 """
 
 from __future__ import annotations
@@ -24,18 +32,28 @@ from ftlab.data import IGNORE_INDEX, model_inputs
 from ftlab.training import accepts_logits_mask, is_peft_model, next_token_targets
 
 
-def token_logprobs(model, batch: dict, temperature: float = 1.0, trained_logits_only: bool = True) -> torch.Tensor:
+def token_logprobs(model, batch: dict, temperature: float = 1.0, trained_logits_only: bool = True,
+                   pairs: bool = False) -> torch.Tensor:
     """``(N, T)`` log p(next token) at every labelled position, 0 where the label is -100.
 
     ``trained_logits_only`` runs the output layer only where a label exists (transformers'
     ``logits_to_keep`` mask): the log-probabilities are the same, the step is faster and smaller,
     because the prompt's logits - most of the sequence - are never built.
     ``temperature`` divides the logits (GRPO scores completions at the temperature they were sampled at).
+    ``pairs``: ``batch`` is a preference batch (``collate_preferences``: chosen rows first, each pair's
+    two rows starting with the same prompt); the prompt then runs once per pair (:func:`_shared_prompt_rows`).
     """
-    inputs = model_inputs({k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")})
     targets = next_token_targets(batch["labels"])
     keep = targets != IGNORE_INDEX
     head = _plain_output_layer(model) if trained_logits_only and accepts_logits_mask(model) else None
+    if pairs and head is not None and _takes_4d_masks(model) and "position_ids" not in batch:
+        packed = _shared_prompt_rows(batch, next(model.parameters()).dtype)
+        with _hidden_states_out(head):  # the needed positions' last hidden states, each once
+            hidden = model(**packed["inputs"], use_cache=False, logits_to_keep=packed["needed"]).logits
+        picked = _KeptLogProbs.apply(hidden[packed["take"]], head.weight, targets[keep], temperature)
+        out = torch.zeros(targets.shape, dtype=picked.dtype, device=picked.device)
+        return out.masked_scatter(keep, picked)
+    inputs = model_inputs({k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")})
     if head is not None and torch.is_grad_enabled():
         with _hidden_states_out(head):  # the kept positions' last hidden states, (n_kept, hidden)
             hidden = model(**inputs, use_cache=False, logits_to_keep=keep).logits
@@ -48,6 +66,63 @@ def token_logprobs(model, batch: dict, temperature: float = 1.0, trained_logits_
         picked = _picked_logprobs(logits, targets[keep], temperature)
     out = torch.zeros(targets.shape, dtype=picked.dtype, device=picked.device)
     return out.masked_scatter(keep, picked)
+
+
+def _takes_4d_masks(model) -> bool:
+    """Does the model's attention take a ready-made 4-D additive mask (transformers' sdpa and eager do;
+    flash-attention kernels take only padding masks)?"""
+    config = getattr(model.get_base_model() if is_peft_model(model) else model, "config", None)
+    return getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
+
+
+def _shared_prompt_rows(batch: dict, dtype) -> dict:
+    """One row per preference pair: the tokens both sides share, then the chosen answer, then the rejected.
+
+    Why: a pair's chosen and rejected sequences start with the same prompt - here about 110 of their
+    ~130 tokens - and a prompt token's hidden states do not depend on what follows it. So the prompt runs
+    once and both answers attend to it: a 4-D mask lets each answer see the shared part and itself, never
+    the other answer, and each token keeps the position id it has in its own sequence. Every labelled
+    token then sees exactly the tokens, at exactly the positions, that it sees in its own row: the same
+    log-probabilities (to float rounding: the products have other shapes), for ~40 % fewer tokens.
+
+    Returns the model's ``inputs`` (ids, 4-D mask, position ids), ``needed`` (B, N): the positions whose
+    hidden state predicts a label, and ``take``: for each label of the ``(2B, T)`` batch in row-major order,
+    the row of ``hidden[needed]`` that predicts it (the prompt's last position predicts both answers' first token).
+    """
+    device = batch["input_ids"].device
+    ids, lengths = batch["input_ids"].cpu(), batch["attention_mask"].sum(-1).tolist()
+    n_pairs = ids.shape[0] // 2
+    keep = (next_token_targets(batch["labels"]) != IGNORE_INDEX).cpu()
+    rows, where = [], torch.zeros(ids.shape, dtype=torch.long)  # where[r, t]: packed index of row r's position t
+    for b in range(n_pairs):
+        chosen, rejected = ids[b, :lengths[b]].tolist(), ids[n_pairs + b, :lengths[n_pairs + b]].tolist()
+        shared = 0  # each side keeps at least its last token of its own
+        while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+            shared += 1
+        rows.append((chosen + rejected[shared:], list(range(len(chosen))) + list(range(shared, len(rejected))),
+                     [0] * shared + [1] * (len(chosen) - shared) + [2] * (len(rejected) - shared)))
+        where[b, :len(chosen)] = torch.arange(len(chosen))
+        where[n_pairs + b, :len(rejected)] = torch.cat([torch.arange(shared),
+                                                        torch.arange(len(chosen), len(chosen) + len(rejected) - shared)])
+    n = max(len(r[0]) for r in rows)
+    packed_ids = torch.zeros(n_pairs, n, dtype=torch.long)
+    positions = torch.zeros(n_pairs, n, dtype=torch.long)
+    segment = torch.full((n_pairs, n), -1)  # 0 shared, 1 chosen, 2 rejected, -1 padding
+    for b, (tokens, pos, seg) in enumerate(rows):
+        packed_ids[b, :len(tokens)], positions[b, :len(pos)] = torch.tensor(tokens), torch.tensor(pos)
+        segment[b, :len(seg)] = torch.tensor(seg)
+    query, key = segment[:, :, None], segment[:, None, :]
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    sees = causal & (key >= 0) & ((key == 0) | (key == query))
+    sees |= torch.eye(n, dtype=torch.bool)  # a padding position sees itself, so that no row of the mask is empty
+    mask = torch.zeros(n_pairs, 1, n, n, dtype=dtype).masked_fill(~sees[:, None], torch.finfo(dtype).min)
+    flat = ((torch.arange(ids.shape[0]) % n_pairs)[:, None] * n + where)[keep]  # packed flat index of each label
+    needed = torch.zeros(n_pairs * n, dtype=torch.bool)
+    needed[flat] = True
+    rank = needed.long().cumsum(0) - 1  # a needed position's row in hidden[needed]
+    return {"inputs": {"input_ids": packed_ids.to(device), "attention_mask": mask.to(device),
+                       "position_ids": positions.to(device)},
+            "needed": needed.view(n_pairs, n).to(device), "take": rank[flat].to(device)}
 
 
 def _picked_logprobs(logits, targets, temperature):
@@ -175,7 +250,7 @@ def precompute_reference(model, examples: list[dict], batch_size: int, pad_token
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
         batch = {k: v.to(device) for k, v in collate_preferences(chunk, pad_token_id).items()}
-        logps, _ = reference_logprobs(model, batch, ref_model)
+        logps, _ = reference_logprobs(model, batch, ref_model, pairs=True)  # the prompt once per pair
         chosen, rejected = split_pairs(logps.cpu())
         for e, c, r in zip(chunk, chosen.tolist(), rejected.tolist()):
             e["ref_chosen"], e["ref_rejected"] = c, r

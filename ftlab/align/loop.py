@@ -96,13 +96,13 @@ def preference_loss(model, batch: dict, config: AlignConfig, ref_model=None):
     """The loss and metrics of one preference batch (chosen rows first), for ``config.loss``."""
     if config.loss == "orpo":
         return _orpo_batch_loss(model, batch, config)
-    per_token = token_logprobs(model, batch, trained_logits_only=config.trained_logits_only)
+    per_token = token_logprobs(model, batch, trained_logits_only=config.trained_logits_only, pairs=True)
     logps = per_token.sum(-1)
     n_tokens = (next_token_targets(batch["labels"]) != -100).sum(-1)
     if "ref_chosen" in batch:  # cached before training
         ref_chosen, ref_rejected = batch["ref_chosen"], batch["ref_rejected"]
     else:
-        ref_chosen, ref_rejected = split_pairs(reference_logprobs(model, batch, ref_model)[0])
+        ref_chosen, ref_rejected = split_pairs(reference_logprobs(model, batch, ref_model, pairs=True)[0])
     chosen, rejected = split_pairs(logps)
     n_chosen, n_rejected = split_pairs(n_tokens)
     loss_type = "ipo" if config.loss == "ipo" else "sigmoid"
@@ -120,10 +120,11 @@ def _orpo_batch_loss(model, batch, config):
     completion = next_token_targets(batch["labels"]) != -100
     if config.orpo_nll_on == "sequence":  # score every real token; the completion is a subset of them
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        per_token = token_logprobs(model, {**batch, "labels": labels}, trained_logits_only=config.trained_logits_only)
+        per_token = token_logprobs(model, {**batch, "labels": labels}, trained_logits_only=config.trained_logits_only,
+                                   pairs=True)
         nll_mask = next_token_targets(labels) != -100
     else:
-        per_token = token_logprobs(model, batch, trained_logits_only=config.trained_logits_only)
+        per_token = token_logprobs(model, batch, trained_logits_only=config.trained_logits_only, pairs=True)
         nll_mask = completion
     mean_logps = (per_token * completion).sum(-1) / completion.sum(-1).clamp(min=1)
     chosen, rejected = split_pairs(mean_logps)
