@@ -162,7 +162,7 @@ def _prefill(model, prompt_ids, pad_id: int, capacity: int, extra: dict):
 
 def _length_groups(prompt_ids) -> list[list[int]]:
     """The prompts' indices in groups of similar length: shortest first, a new group where a prompt is at least
-    twice as long as the shortest of the current one.
+    twice as long as the shortest of the current one and 32 tokens longer (a few pad tokens are not worth a pass).
 
     Why: a batch is padded to its longest prompt, and reading the padding costs what reading tokens does. Ten
     one-line questions next to ten 130-token tasks would each read 130 positions; in their own group, 17. The
@@ -173,7 +173,8 @@ def _length_groups(prompt_ids) -> list[list[int]]:
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     groups = [[order[0]]]
     for i in order[1:]:
-        if len(prompt_ids[i]) >= 2 * len(prompt_ids[groups[-1][0]]):
+        shortest = len(prompt_ids[groups[-1][0]])
+        if len(prompt_ids[i]) >= max(2 * shortest, shortest + 32):
             groups.append([])
         groups[-1].append(i)
     return groups
@@ -189,6 +190,8 @@ def _merge_groups(parts, n_rows: int, capacity: int):
     import torch
 
     width = max(p[1][2].shape[1] for p in parts)  # the longest group's cache length
+    if width > capacity:
+        raise RuntimeError(f"KV cache full: prompts of {width} positions > {capacity}")
     first = parts[0][1]
     last = first[0].logits.new_empty(n_rows, first[0].logits.shape[-1])
     mask = first[2].new_zeros(n_rows, width)
@@ -251,8 +254,11 @@ def generate_tokens(model, prompt_ids, *, max_new_tokens: int, stop_ids, pad_id:
             out, cache, mask, positions = _prefill(model, prompt_ids, pad_id, capacity, extra)
             last = out.logits[:, -1]
         else:  # each group's prompts read apart (no padding to the longest prompt), then one decode for all
-            parts = [(rows_, _prefill(model, [prompt_ids[i] for i in rows_], pad_id, capacity, extra)) for rows_ in groups]
+            # each group's cache only holds its prompts until it is copied into the merged one, then it is freed
+            parts = [(rows_, _prefill(model, [prompt_ids[i] for i in rows_], pad_id,
+                                      max(len(prompt_ids[i]) for i in rows_), extra)) for rows_ in groups]
             last, cache, mask, positions = _merge_groups(parts, len(prompt_ids), capacity)
+            del parts
         for step in range(max_new_tokens):
             token = _next_tokens(last.float(), do_sample, temperature, top_p, generator)
             for row, t in zip(rows.tolist(), token.tolist()):

@@ -174,7 +174,7 @@ def test_lean_output_layer_gives_the_same_numbers(monkeypatch, method, temperatu
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
-def test_shared_prompt_rows_give_the_same_logprobs_and_gradients(method):
+def test_shared_prompt_rows_give_the_same_logprobs_and_gradients(monkeypatch, method):
     """``token_logprobs(pairs=True)`` runs each pair's prompt once (one row: prompt, chosen, rejected, with a
     4-D mask): the same log-probabilities and gradients as the two rows apart, to float rounding, for fewer
     tokens - also for a pair whose answers share their first tokens, and with the prompt scored too (ORPO's
@@ -182,6 +182,7 @@ def test_shared_prompt_rows_give_the_same_logprobs_and_gradients(method):
     answer's tokens leaves every rejected log-probability as it was."""
     import ftlab.align.logprobs as lp
 
+    shared_prompt_rows = lp._shared_prompt_rows
     model, tok = _lora_model() if method == "lora" else load_model("tiny")
     if method == "lora":
         _perturb(model)
@@ -189,6 +190,9 @@ def test_shared_prompt_rows_give_the_same_logprobs_and_gradients(method):
     records.append({**records[0], "chosen": "Positive, clearly.", "rejected": "Positive? Maybe negative."})
     batch = collate_preferences(tokenize_preferences(records, tok), tok.pad_token_id)
     prompt_too = {**batch, "labels": batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)}
+
+    packed_calls = []
+    monkeypatch.setattr(lp, "_shared_prompt_rows", lambda *a: packed_calls.append(1) or shared_prompt_rows(*a))
 
     def run(b, pairs):
         model.zero_grad(set_to_none=True)
@@ -198,11 +202,13 @@ def test_shared_prompt_rows_give_the_same_logprobs_and_gradients(method):
 
     for b in (batch, prompt_too):
         apart, apart_grads = run(b, pairs=False)
+        calls = len(packed_calls)
         shared, shared_grads = run(b, pairs=True)
+        assert len(packed_calls) == calls + 1      # the packed path ran (not a silent fall-back to two rows)
         torch.testing.assert_close(shared, apart, rtol=1e-5, atol=1e-5)
         assert (shared != 0).sum() == (apart != 0).sum() > 0
         _assert_same_gradients(shared_grads, apart_grads, rtol=1e-4)
-    packed = lp._shared_prompt_rows(batch, torch.float32)
+    packed = shared_prompt_rows(batch, torch.float32)
     assert packed["inputs"]["input_ids"].numel() < 0.75 * batch["input_ids"].numel()
 
     n = len(records)
@@ -213,6 +219,21 @@ def test_shared_prompt_rows_give_the_same_logprobs_and_gradients(method):
         before = lp.token_logprobs(model, batch, pairs=True)
         after = lp.token_logprobs(model, {**batch, "input_ids": other}, pairs=True)
     assert torch.equal(before[n:], after[n:]) and not torch.equal(before[:n], after[:n])
+
+
+
+def test_models_with_a_sliding_window_keep_two_rows():
+    """transformers passes a ready-made 4-D mask through unchanged, window or not: a model with sliding-window
+    attention would lose its window in shared-prompt rows, so it keeps the two-row path."""
+    import ftlab.align.logprobs as lp
+
+    model, _ = _lora_model()
+    config = model.get_base_model().config
+    assert lp._takes_4d_masks(model)
+    config.sliding_window = 4
+    assert not lp._takes_4d_masks(model)
+    config.use_sliding_window = False      # Qwen2's switch: the window is configured but not used
+    assert lp._takes_4d_masks(model)
 
 
 # --------------------------------------------------------------------------- ORPO parity

@@ -69,10 +69,12 @@ def token_logprobs(model, batch: dict, temperature: float = 1.0, trained_logits_
 
 
 def _takes_4d_masks(model) -> bool:
-    """Does the model's attention take a ready-made 4-D additive mask (transformers' sdpa and eager do;
-    flash-attention kernels take only padding masks)?"""
+    """Does the model's attention take a ready-made 4-D additive mask as the whole truth (transformers' sdpa and
+    eager do; flash-attention kernels take only padding masks)? Not for models with sliding-window layers:
+    transformers passes a 4-D mask through unchanged, so their window would be lost."""
     config = getattr(model.get_base_model() if is_peft_model(model) else model, "config", None)
-    return getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
+    sliding = getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True) is not False
+    return getattr(config, "_attn_implementation", None) in ("sdpa", "eager") and not sliding
 
 
 def _shared_prompt_rows(batch: dict, dtype) -> dict:

@@ -20,7 +20,7 @@ class Kernel:
 
     async def start(self, path=""):
         import requests
-        from tornado.httpclient import HTTPRequest
+        from tornado.httpclient import HTTPClientError, HTTPRequest
         from tornado.websocket import websocket_connect
 
         r = await asyncio.to_thread(requests.post, f"{self.info['base']}/user/{self.user}/api/kernels", headers=self.headers,
@@ -28,9 +28,17 @@ class Kernel:
         assert r.status_code == 201, r.text
         self.id = r.json()["id"]
         url = f"{self.info['base'].replace('https', 'wss')}/user/{self.user}/api/kernels/{self.id}/channels"
-        self.ws = await websocket_connect(HTTPRequest(url, headers=self.headers, connect_timeout=30, request_timeout=60,
-                                                      ca_certs=self.info["verify"]))
-        return self
+        # Three tries, as JupyterLab reconnects a kernel's websocket: on a loaded machine the proxy can drop the
+        # first upgrade (tornado reports it as HTTP 599); a refused token or a missing kernel fails at once.
+        for attempt in range(3):
+            try:
+                self.ws = await websocket_connect(HTTPRequest(url, headers=self.headers, connect_timeout=30,
+                                                              request_timeout=60, ca_certs=self.info["verify"]))
+                return self
+            except HTTPClientError as e:
+                if e.code != 599 or attempt == 2:
+                    raise
+                await asyncio.sleep(2)
 
     async def run(self, code, timeout):
         """Execute ``code``; return its printed output; raise AssertionError if it fails.
