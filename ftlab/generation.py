@@ -87,8 +87,24 @@ def _growing_layer():
             self._k[:, :, self.length:self.length + new] = key_states
             self._v[:, :, self.length:self.length + new] = value_states
             self.length += new
-            self.keys, self.values = self._k[:, :, :self.length], self._v[:, :, :self.length]
+            self._view()
             return self.keys, self.values
+
+        def _view(self) -> None:  # what attention reads: the filled columns
+            self.keys, self.values = self._k[:, :, :self.length], self._v[:, :, :self.length]
+
+        def place(self, n_rows: int, rows, source, end: int) -> None:
+            """Copy ``source``'s filled columns into ``rows`` (of ``n_rows``), ending at column ``end``; columns
+            no source fills stay zeros (``_merge_groups`` masks them)."""
+            if self._k is None:
+                k = source._k
+                self.dtype, self.device, self.is_initialized = k.dtype, k.device, True
+                self._k = k.new_zeros(n_rows, k.shape[1], self.capacity, k.shape[3])
+                self._v = source._v.new_zeros(n_rows, source._v.shape[1], self.capacity, source._v.shape[3])
+            self._k[rows, :, end - source.length:end] = source._k[:, :, :source.length]
+            self._v[rows, :, end - source.length:end] = source._v[:, :, :source.length]
+            self.length = max(self.length, end)
+            self._view()
 
         def get_seq_length(self) -> int:
             return self.length
@@ -96,7 +112,7 @@ def _growing_layer():
         def _rows(self, index) -> None:
             if self._k is not None:
                 self._k, self._v = self._k[index], self._v[index]
-                self.keys, self.values = self._k[:, :, :self.length], self._v[:, :, :self.length]
+                self._view()
 
         def batch_select_indices(self, indices) -> None:
             self._rows(indices)
@@ -197,21 +213,11 @@ def _merge_groups(parts, n_rows: int, capacity: int):
     mask = first[2].new_zeros(n_rows, width)
     positions = first[3].new_empty(n_rows, 1)
     cache, layer = _new_cache(capacity), _growing_layer()
-    for index, source in enumerate(first[1].layers):
-        merged = layer(capacity)
-        k, v = source._k, source._v
-        merged._k = k.new_zeros(n_rows, k.shape[1], capacity, k.shape[3])
-        merged._v = v.new_zeros(n_rows, v.shape[1], capacity, v.shape[3])
-        for rows, (_, group_cache, group_mask, _) in parts:
-            n = group_mask.shape[1]
-            rows_t = torch.tensor(rows, device=k.device)
-            merged._k[rows_t, :, width - n:width] = group_cache.layers[index]._k[:, :, :n]
-            merged._v[rows_t, :, width - n:width] = group_cache.layers[index]._v[:, :, :n]
-        merged.length, merged.dtype, merged.device, merged.is_initialized = width, source.dtype, source.device, True
-        merged.keys, merged.values = merged._k[:, :, :width], merged._v[:, :, :width]
-        cache.layers.append(merged)
-    for rows, (out, _, group_mask, group_positions) in parts:
+    cache.layers = [layer(capacity) for _ in first[1].layers]
+    for rows, (out, group_cache, group_mask, group_positions) in parts:
         rows_t = torch.tensor(rows, device=group_mask.device)
+        for merged, source in zip(cache.layers, group_cache.layers):
+            merged.place(n_rows, rows_t, source, width)
         last[rows_t] = out.logits[:, -1]
         mask[rows_t, width - group_mask.shape[1]:] = group_mask
         positions[rows_t] = group_positions

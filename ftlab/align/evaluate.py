@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ftlab.align.logprobs import (_shared_prompt_rows, _takes_4d_masks, reference_logprobs, reference_model,
-                                  sequence_logprobs)
+from ftlab.align.logprobs import (reference_logprobs, reference_model, sequence_logprobs, shared_prompt_outputs,
+                                  shares_prompts)
 from ftlab.align.preferences import collate_preferences, split_pairs
 from ftlab.data import IGNORE_INDEX, model_inputs
 from ftlab.training import accepts_logits_mask, next_token_targets
@@ -65,13 +65,12 @@ def implicit_margins(model, examples, batch_size: int = 8, pad_token_id: int = 0
 def _kept_logprobs(model, batch, pairs: bool = False):
     """One forward: the full next-token log-distributions at every labelled position ``(n_kept, vocab)``, the
     row of each position, and its target token. The output layer runs only there (``logits_to_keep``).
-    ``pairs``: a preference batch, whose prompts then run once per pair (``logprobs._shared_prompt_rows``)."""
+    ``pairs``: a preference batch, whose prompts then run once per pair (``logprobs.shared_prompt_outputs``)."""
     targets = next_token_targets(batch["labels"])
     keep = targets != IGNORE_INDEX
     inputs = model_inputs({k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")})
-    if pairs and accepts_logits_mask(model) and _takes_4d_masks(model):
-        packed = _shared_prompt_rows(batch, next(model.parameters()).dtype)
-        logits = model(**packed["inputs"], use_cache=False, logits_to_keep=packed["needed"]).logits[packed["take"]]
+    if pairs and shares_prompts(model, batch):
+        logits = shared_prompt_outputs(model, batch)
     elif accepts_logits_mask(model):
         logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits           # (n_kept, vocab)
     else:

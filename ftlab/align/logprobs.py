@@ -46,11 +46,10 @@ def token_logprobs(model, batch: dict, temperature: float = 1.0, trained_logits_
     targets = next_token_targets(batch["labels"])
     keep = targets != IGNORE_INDEX
     head = _plain_output_layer(model) if trained_logits_only and accepts_logits_mask(model) else None
-    if pairs and head is not None and _takes_4d_masks(model) and "position_ids" not in batch:
-        packed = _shared_prompt_rows(batch, next(model.parameters()).dtype)
-        with _hidden_states_out(head):  # the needed positions' last hidden states, each once
-            hidden = model(**packed["inputs"], use_cache=False, logits_to_keep=packed["needed"]).logits
-        picked = _KeptLogProbs.apply(hidden[packed["take"]], head.weight, targets[keep], temperature)
+    if pairs and head is not None and shares_prompts(model, batch):
+        with _hidden_states_out(head):  # each label's predicting hidden state
+            hidden = shared_prompt_outputs(model, batch)
+        picked = _KeptLogProbs.apply(hidden, head.weight, targets[keep], temperature)
         out = torch.zeros(targets.shape, dtype=picked.dtype, device=picked.device)
         return out.masked_scatter(keep, picked)
     inputs = model_inputs({k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")})
@@ -75,6 +74,18 @@ def _takes_4d_masks(model) -> bool:
     config = getattr(model.get_base_model() if is_peft_model(model) else model, "config", None)
     sliding = getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True) is not False
     return getattr(config, "_attn_implementation", None) in ("sdpa", "eager") and not sliding
+
+
+def shares_prompts(model, batch: dict) -> bool:
+    """Can ``model`` read this preference batch one row per pair (``shared_prompt_outputs``)?"""
+    return accepts_logits_mask(model) and _takes_4d_masks(model) and "position_ids" not in batch
+
+
+def shared_prompt_outputs(model, batch: dict) -> torch.Tensor:
+    """The model's output (logits, or hidden states inside ``_hidden_states_out``) at the position predicting
+    each label of a preference batch, in the row-major order of its labels, from one row per pair."""
+    packed = _shared_prompt_rows(batch, next(model.parameters()).dtype)
+    return model(**packed["inputs"], use_cache=False, logits_to_keep=packed["needed"]).logits[packed["take"]]
 
 
 def _shared_prompt_rows(batch: dict, dtype) -> dict:
