@@ -186,3 +186,19 @@ def test_real_model_greedy_answers_equal_model_generate():
     expected = hf_generate(model, ids, 32, stops, tok.pad_token_id)
     assert any(r[-1] in stops for r in expected)  # some answers end before the budget
     assert generate_tokens(model, ids, max_new_tokens=32, stop_ids=stops, pad_id=tok.pad_token_id) == expected
+
+
+def test_the_generation_benchmark_runs_and_prices_bf16(tmp_path, capsys):
+    """``python -m ftlab.bench.generate`` on the tiny model: every fp32 path gives the same tokens (else it
+    returns 1), and ``--bf16`` adds ftlab's loop on a bfloat16 copy with its answers counted, not asserted."""
+    import json
+
+    from ftlab.bench.generate import main
+
+    out = tmp_path / "rows.json"
+    assert main(["--model", "tiny", "--prompts", "4", "--max-new-tokens", "4", "--batches", "2",
+                 "--bf16", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["same"] and row["batch"] == 2 and row["prompts"] == 4
+    assert 0 <= row["bf16_same"] <= 4 and row["bf16_tok_s"] > 0
+    assert "bf16 tok/s" in capsys.readouterr().out

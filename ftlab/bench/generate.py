@@ -21,6 +21,11 @@
   ``ceiling vs generate`` compares it with ``model.generate``: a speedup above it cannot come from a
   better loop, only from cheaper arithmetic (another dtype, fewer or larger matrix products).
 
+With ``--bf16``, one more path: **bf16**, ftlab's loop on a bfloat16 copy of the model - cheaper
+arithmetic (this CPU multiplies bf16 matrices in its AMX units), *not* the same answers. It is
+there to price the one lever the loop does not have: the ``bf16 same`` column counts the answers
+that equal fp32's, and the run does not fail on it.
+
 Tokens/s counts generated tokens (the end-of-turn token included) over wall time. All paths must
 give the same tokens (``same`` column); the script fails if they do not. The last lines print
 ``speedup_16=`` (ftlab over model.generate at batch 16), ``speedup_vs_before_16=`` and ``target_met=``
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import copy
 import json
 import os
 import time
@@ -111,21 +117,21 @@ def _hf_generate(model, batch, max_new_tokens, stops, pad) -> list[list[int]]:
 PATHS = {"before": _before, "ftlab": _ftlab, "generate": _hf_generate}
 
 
-def run_paths(model, tokenizer, prompts, batch_size, max_new_tokens, stops) -> tuple[dict, dict]:
-    """``generate_answers``' batching (prompts sorted by length) through every path in ``PATHS``.
+def run_paths(model, tokenizer, prompts, batch_size, max_new_tokens, stops, paths=PATHS) -> tuple[dict, dict]:
+    """``generate_answers``' batching (prompts sorted by length) through every path in ``paths``.
 
     The paths take turns batch by batch (in a rotating order), so a change in the machine's load
     during the run slows all of them alike instead of the one that happened to run then. Returns
     each path's tokens in prompt order and its seconds."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    outputs = {name: [None] * len(prompts) for name in PATHS}
-    seconds = dict.fromkeys(PATHS, 0.0)
-    names = list(PATHS)
+    outputs = {name: [None] * len(prompts) for name in paths}
+    seconds = dict.fromkeys(paths, 0.0)
+    names = list(paths)
     for k, start in enumerate(range(0, len(order), batch_size)):
         batch = order[start:start + batch_size]
         for name in names[k % len(names):] + names[:k % len(names)]:
             t0 = time.perf_counter()
-            new = PATHS[name](model, [prompts[i] for i in batch], max_new_tokens, stops, tokenizer.pad_token_id)
+            new = paths[name](model, [prompts[i] for i in batch], max_new_tokens, stops, tokenizer.pad_token_id)
             seconds[name] += time.perf_counter() - t0
             for i, tokens in zip(batch, new):
                 outputs[name][i] = tokens
@@ -185,9 +191,13 @@ def linear_seconds(model, run) -> tuple[float, float]:
             h.remove()
 
 
-def bench_batch(model, tokenizer, prompts, batch_size, max_new_tokens, stops) -> dict:
-    """The paths on the same prompts, taking turns, and the matmul limit at this batch size."""
-    outputs, timings = run_paths(model, tokenizer, prompts, batch_size, max_new_tokens, stops)
+def bench_batch(model, tokenizer, prompts, batch_size, max_new_tokens, stops, bf16_model=None) -> dict:
+    """The paths on the same prompts, taking turns, and the matmul limit at this batch size; with
+    ``bf16_model`` (a bfloat16 copy) ftlab's loop on it too, its answers compared with fp32's."""
+    paths = dict(PATHS)
+    if bf16_model is not None:
+        paths["bf16"] = lambda _model, *rest: _ftlab(bf16_model, *rest)
+    outputs, timings = run_paths(model, tokenizer, prompts, batch_size, max_new_tokens, stops, paths)
     tokens = sum(len(t) for t in outputs["ftlab"])
     limit = matmul_limit(model, batch_size, sum(len(p) for p in prompts), tokens)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))   # ftlab's path once more, its linears timed
@@ -202,7 +212,10 @@ def bench_batch(model, tokenizer, prompts, batch_size, max_new_tokens, stops) ->
             "limit_tok_s": limit["tok_s"], "decode_limit_tok_s": limit["decode_tok_s"],
             "limit_gflop_s": limit["gflop_s"], "prompt_share": limit["prompt_share"],
             "linear_share": in_linear / hooked_s, "linear_ceiling_tok_s": tokens / in_linear,
-            "ceiling_vs_generate": timings["generate"] / in_linear}
+            "ceiling_vs_generate": timings["generate"] / in_linear,
+            **({"bf16_tok_s": sum(len(t) for t in outputs["bf16"]) / timings["bf16"],
+                "bf16_speedup": timings["generate"] / timings["bf16"],
+                "bf16_same": sum(a == b for a, b in zip(outputs["bf16"], outputs["ftlab"]))} if "bf16" in paths else {})}
 
 
 def print_table(rows) -> None:
@@ -216,6 +229,11 @@ def print_table(rows) -> None:
               f"{r['decode_limit_tok_s']:>12.0f} {r['limit_gflop_s']:>9.1f} {r['limit_tok_s']:>18.0f} "
               f"{100 * r['prompt_share']:>11.0f}% {100 * r['ftlab_tok_s'] / r['limit_tok_s']:>15.0f}% "
               f"{100 * r['linear_share']:>9.0f}% {r['linear_ceiling_tok_s']:>14.0f} {r['ceiling_vs_generate']:>18.2f}x")
+    if any("bf16_tok_s" in r for r in rows):
+        print(f"{'batch':>5} {'bf16 tok/s':>10} {'bf16 vs generate':>16} {'bf16 same':>9}  (ftlab's loop on a bfloat16 copy)")
+        for r in rows:
+            print(f"{r['batch']:>5} {r['bf16_tok_s']:>10.1f} {r['bf16_speedup']:>15.2f}x "
+                  f"{r['bf16_same']:>4}/{r['prompts']:<4}")
 
 
 def main(argv=None) -> int:
@@ -231,6 +249,8 @@ def main(argv=None) -> int:
     p.add_argument("--batches", default="1,8,16", help="comma-separated batch sizes (default %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p.add_argument("--bf16", action="store_true", help="also ftlab's loop on a bfloat16 copy of the model "
+                   "(cheaper arithmetic, different answers: counted, not a failure)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -238,12 +258,13 @@ def main(argv=None) -> int:
     model.eval()
     stops = stop_token_ids(tokenizer, model)
     prompts = load_prompts(tokenizer, args.prompts)
+    bf16_model = copy.deepcopy(model).to(torch.bfloat16) if args.bf16 else None
     print(f"model {args.model}, {len(prompts)} prompts, up to {args.max_new_tokens} new tokens, greedy, "
           f"{torch.get_num_threads()} threads; load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     rows = []
     for batch_size in [int(b) for b in args.batches.split(",")]:
         chosen = prompts[:min(len(prompts), 16 * batch_size)]
-        rows.append(bench_batch(model, tokenizer, chosen, batch_size, args.max_new_tokens, stops))
+        rows.append(bench_batch(model, tokenizer, chosen, batch_size, args.max_new_tokens, stops, bf16_model))
         print(f"  batch {batch_size} done (load average {os.getloadavg()[0]:.1f}): before {rows[-1]['before_tok_s']:.1f}, "
               f"ftlab {rows[-1]['ftlab_tok_s']:.1f}, model.generate {rows[-1]['generate_tok_s']:.1f} tokens/s, "
               f"same tokens {rows[-1]['same']}", flush=True)
@@ -262,6 +283,11 @@ def main(argv=None) -> int:
         print(f"linear_ceiling_16={at16[0]['ceiling_vs_generate']:.2f}x model.generate: ftlab's run spent "
               f"{100 * at16[0]['linear_share']:.0f} % of its time in nn.Linear; with everything else free it could "
               f"reach {at16[0]['linear_ceiling_tok_s']:.0f} tokens/s and no more with these matrix products")
+        if "bf16_tok_s" in at16[0]:
+            print(f"bf16_16={at16[0]['bf16_speedup']:.2f}x model.generate with {at16[0]['bf16_same']} of "
+                  f"{at16[0]['prompts']} answers equal to fp32's")
+        elif at16[0]["speedup"] < TARGET_SPEEDUP:
+            print("(--bf16 adds the price of the other lever, cheaper arithmetic: its speed and how many answers change)")
     return 0
 
 
