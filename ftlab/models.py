@@ -216,7 +216,8 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
     """bf16 on a CUDA GPU that supports it, fp32 everywhere else.
 
-    On CPU we never default to bf16: on the course machines bf16 matmuls are ~30x slower than fp32.
+    On CPU we never default to bf16: the course's numbers are fp32's, and a CPU without bf16 matrix units
+    runs bf16 many times slower (``ftlab doctor`` measures yours).
     """
     if dtype is not None:
         if isinstance(dtype, str):

@@ -79,3 +79,16 @@ def test_every_public_name_resolves():
     importlib.import_module("ftlab.training")  # importing the submodule must not shadow the function
 
     assert callable(ftlab.train) and not isinstance(ftlab.train, type(ftlab))
+
+
+def test_doctor_prices_bf16_on_a_cpu_and_setup_check_does_not(monkeypatch):
+    """On a CPU-only machine ``ftlab doctor`` measures bf16 matrix products against fp32 (CPUs differ by a
+    factor of a hundred here, so the course states no fixed number); every notebook's quick set-up check
+    skips that half second."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    line = next(c for c in system.doctor(verbose=False, check_model=False).checks if c.name == "bf16 on this CPU")
+    ratio, bf16, fp32 = re.match(r"matrix products ([\d.e+]+)x fp32's speed \((\d+) vs (\d+) GFLOP/s\)", line.detail).groups()
+    assert float(bf16) > 0 and float(fp32) > 0 and abs(float(ratio) - float(bf16) / float(fp32)) < 0.1 * float(ratio) + 0.01
+    assert "bf16 on this CPU" not in [c.name for c in ftlab.setup_check(verbose=False).checks]

@@ -149,7 +149,7 @@ def matmul_limit(model, batch_size: int, prompt_tokens: int, generated: int, min
     a prompt needs at its last position only. ``decode_tok_s`` counts the decode steps alone;
     ``tok_s`` adds the prompts - with course prompts about three times as long as their answers,
     reading them is most of the work, and no change to the decode loop can remove it."""
-    from ftlab.bench.train import measure_matmul_flops
+    from ftlab.training.measure import measure_matmul_flops
 
     shapes = collections.Counter((m.in_features, m.out_features) for m in model.modules()
                                  if isinstance(m, torch.nn.Linear))

@@ -43,6 +43,7 @@ from functools import partial
 import torch
 
 from ftlab.training.loss import count_trained_tokens
+from ftlab.training.measure import measure_matmul_flops, sync_device
 
 TARGETS = {"vs_trainer": 1.0, "pack_vs_pad": 1.5, "full_ft_of_roofline": 0.80}
 
@@ -71,11 +72,6 @@ def _throughput(step_ends: list[float], batches: list[dict], warmup: int) -> dic
     return {"seconds": seconds, "steps": len(timed), "useful_tokens": useful, "processed_tokens": processed,
             "useful_tok_s": useful / seconds, "processed_tok_s": processed / seconds,
             "s_per_step": seconds / len(timed)}
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # --------------------------------------------------------------------------- the two loops
@@ -130,7 +126,7 @@ def run_trainer(args, tokenizer, examples, batch_size: int) -> dict:
 
     class StepTimer(TrainerCallback):
         def on_step_end(self, *_, **__):
-            _sync(args.device)
+            sync_device(args.device)
             step_ends.append(time.perf_counter())
 
     model, _ = load_model(args.model, device=args.device)
@@ -156,28 +152,6 @@ def run_trainer(args, tokenizer, examples, batch_size: int) -> dict:
 
 
 # --------------------------------------------------------------------------- the roofline
-
-
-def measure_matmul_flops(device, dtype, shapes, min_seconds: float = 0.4) -> dict:
-    """Best sustained FLOP/s of ``a @ b`` over ``shapes`` ``(m, k, n)``: 2·m·k·n FLOP per product."""
-    results = {}
-    for m, k, n in shapes:
-        a = torch.randn(m, k, device=device, dtype=dtype)
-        b = torch.randn(k, n, device=device, dtype=dtype)
-        for _ in range(2):
-            a @ b
-        _sync(device)
-        reps, t0 = 0, time.perf_counter()
-        while True:
-            a @ b
-            reps += 1
-            if reps % 4 == 0 or device.type != "cuda":
-                _sync(device)
-                if time.perf_counter() - t0 >= min_seconds:
-                    break
-        _sync(device)
-        results[f"{m}x{k}x{n}"] = 2 * m * k * n * reps / (time.perf_counter() - t0)
-    return results
 
 
 def compute_params(model) -> int:

@@ -66,7 +66,7 @@ class RunConfig:
     # --- speed and memory
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30 % slower
     mixed_precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | no | bf16
-    allow_bf16_on_cpu: bool = False  # bf16 on CPU is ~30x slower on most CPUs; opt in explicitly
+    allow_bf16_on_cpu: bool = False  # CPUs train in fp32 (the course's numbers); opt in explicitly: `ftlab doctor` prices bf16 here
     trained_logits_only: bool = True  # output layer only at trained positions: same loss, less time/memory
     # --- checkpoints and the result
     save_every: int = 0  # checkpoint every N steps (0: only best/interrupt checkpoints)

@@ -6,12 +6,16 @@ estimator with, and what notebook 07 measures per step.
 * :func:`measure_training_peak`: the peak over real training steps of a :class:`Config`, built by :func:`build`
   on a batch from :func:`make_batch`, next to :func:`estimate_for` (the estimator's figure for it);
 * :func:`tensor_tracker`: on a CPU, every tensor counted (torch's ``MemTracker``, global peak only).
+
+And one measure of speed, :func:`measure_matmul_flops` (the benchmarks' compute limit, and ``ftlab doctor``'s
+bf16-against-fp32 line on a CPU).
 """
 
 from __future__ import annotations
 
 import copy
 import gc
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -256,3 +260,31 @@ def estimate_for(cfg: Config, device: str, trained_tokens: int | None = None):
         gradient_checkpointing=cfg.checkpointing, lora_rank=cfg.lora_rank, lora_dropout=cfg.lora_dropout,
         trainable_layers=cfg.trainable_layers, trained_tokens=trained_tokens,
         lora_targets=cfg.lora_targets, attention=cfg.attention, padded=cfg.padded))
+
+
+def sync_device(device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously; a CPU has finished when a call returns)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_matmul_flops(device, dtype, shapes, min_seconds: float = 0.4) -> dict:
+    """Best sustained FLOP/s of ``a @ b`` over ``shapes`` ``(m, k, n)``: 2·m·k·n FLOP per product."""
+    results = {}
+    for m, k, n in shapes:
+        a = torch.randn(m, k, device=device, dtype=dtype)
+        b = torch.randn(k, n, device=device, dtype=dtype)
+        for _ in range(2):
+            a @ b
+        sync_device(device)
+        reps, t0 = 0, time.perf_counter()
+        while True:
+            a @ b
+            reps += 1
+            if reps % 4 == 0 or device.type != "cuda":
+                sync_device(device)
+                if time.perf_counter() - t0 >= min_seconds:
+                    break
+        sync_device(device)
+        results[f"{m}x{k}x{n}"] = 2 * m * k * n * reps / (time.perf_counter() - t0)
+    return results

@@ -197,8 +197,10 @@ def _make_accelerator(config: RunConfig, device: torch.device):
     if precision == "auto":
         precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
     if precision == "bf16" and device.type == "cpu" and not config.allow_bf16_on_cpu:
-        raise ValueError(f"{type(config).__name__}: mixed_precision='bf16' on a CPU is usually ~30x slower than fp32. "
-                         "Fix: use mixed_precision='auto' (fp32 on CPU), or set allow_bf16_on_cpu=True to insist.")
+        raise ValueError(f"{type(config).__name__}: mixed_precision='bf16' on a CPU: ftlab trains in fp32 on CPUs (the "
+                         "course's numbers are fp32's, and a CPU without bf16 matrix units runs bf16 many times slower; "
+                         "`ftlab doctor` measures this one). Fix: use mixed_precision='auto' (fp32 on CPU), or set "
+                         "allow_bf16_on_cpu=True to insist.")
     if config.optimizer == "adamw_8bit" and not cuda:
         raise ValueError(f"{type(config).__name__}: optimizer='adamw_8bit' needs a CUDA GPU (bitsandbytes has no CPU "
                          "kernels for it). Fix: optimizer='adamw' on this machine.")

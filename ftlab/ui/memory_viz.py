@@ -119,7 +119,7 @@ class MemoryExplorer:
         model = s.pop("model")
         hw = HARDWARE[s["device"]]
         if hw.kind == "cpu" and s.get("param_dtype") != "fp32":
-            s["param_dtype"] = "fp32"  # ftlab never trains in bf16 on a CPU (30x slower there)
+            s["param_dtype"] = "fp32"  # ftlab trains in fp32 on a CPU unless allow_bf16_on_cpu
         return model, s
 
     def update(self, **changes) -> ExplorerState:
