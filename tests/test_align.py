@@ -182,7 +182,7 @@ def test_shared_prompt_rows_give_the_same_logprobs_and_gradients(monkeypatch, me
     answer's tokens leaves every rejected log-probability as it was."""
     import ftlab.align.logprobs as lp
 
-    shared_prompt_rows = lp._shared_prompt_rows
+    shared_prompt_rows = lp.shared_prompt_rows
     model, tok = _lora_model() if method == "lora" else load_model("tiny")
     if method == "lora":
         _perturb(model)
@@ -192,7 +192,7 @@ def test_shared_prompt_rows_give_the_same_logprobs_and_gradients(monkeypatch, me
     prompt_too = {**batch, "labels": batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)}
 
     packed_calls = []
-    monkeypatch.setattr(lp, "_shared_prompt_rows", lambda *a: packed_calls.append(1) or shared_prompt_rows(*a))
+    monkeypatch.setattr(lp, "shared_prompt_rows", lambda *a: packed_calls.append(1) or shared_prompt_rows(*a))
 
     def run(b, pairs):
         model.zero_grad(set_to_none=True)
@@ -229,11 +229,11 @@ def test_models_with_a_sliding_window_keep_two_rows():
 
     model, _ = _lora_model()
     config = model.get_base_model().config
-    assert lp._takes_4d_masks(model)
+    assert lp.takes_4d_masks(model)
     config.sliding_window = 4
-    assert not lp._takes_4d_masks(model)
+    assert not lp.takes_4d_masks(model)
     config.use_sliding_window = False      # Qwen2's switch: the window is configured but not used
-    assert lp._takes_4d_masks(model)
+    assert lp.takes_4d_masks(model)
 
 
 # --------------------------------------------------------------------------- ORPO parity
@@ -650,6 +650,39 @@ def test_reward_model_loss_matches_trl_reward_trainer(tmp_path):
     assert abs(metrics["margin"].item()) > 1e-4  # not trivially zero
     _assert_same_gradients(_grads(ours), trl_grads)
     assert any("score" in name for name in trl_grads)  # the head is trained, not only the trunk's adapters
+
+
+def test_reward_model_reads_a_pairs_prompt_once(monkeypatch):
+    """``reward_loss`` reads chosen and rejected in one row per pair (the shared-prompt rows DPO uses): the same
+    rewards and gradients as the two rows apart, to float rounding, and the packed path really runs."""
+    import ftlab.align.reward_model as rm
+    from ftlab.align import reward_model_from
+
+    lm, tok = load_model("tiny")
+    model = reward_model_from(lm, lora_rank=4, lora_alpha=8)
+    _perturb(model)
+    records = _pairs(3)
+    records.append({**records[0], "chosen": "Positive, clearly.", "rejected": "Positive? Maybe negative."})
+    batch = collate_preferences(tokenize_preferences(records, tok), tok.pad_token_id)
+    packed_calls, packed_rows = [], rm.shared_prompt_rows
+    monkeypatch.setattr(rm, "shared_prompt_rows", lambda *a: packed_calls.append(1) or packed_rows(*a))
+
+    def run(pairs):
+        model.zero_grad(set_to_none=True)
+        rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                        pairs=pairs).logits.squeeze(-1)
+        (rewards * torch.arange(1.0, len(rewards) + 1)).sum().backward()
+        return rewards.detach(), _grads(model)
+
+    apart, apart_grads = run(pairs=False)
+    assert not packed_calls
+    shared, shared_grads = run(pairs=True)
+    assert packed_calls == [1]
+    torch.testing.assert_close(shared, apart, rtol=1e-5, atol=1e-6)
+    assert apart.std() > 1e-3  # the rewards differ between rows: a mix-up of rows would show
+    _assert_same_gradients(shared_grads, apart_grads, rtol=1e-4)
+    loss, _ = rm.reward_loss(model, batch)
+    assert len(packed_calls) == 2 and torch.isfinite(loss)
 
 
 def test_reward_model_reads_the_last_real_token():

@@ -13,8 +13,8 @@ parameters again) is saved. For DPO the reference never changes, so its log-prob
 computed once, before training, and cached per example (``precompute_reference``).
 
 **A pair's prompt once.** The chosen and the rejected answer of a pair follow the same prompt - in the
-course's pairs ~110 of each side's ~130 tokens. With ``pairs=True`` (DPO, IPO, ORPO, the reference cache and
-the held-out measurements use it) the two sides become one row, prompt + chosen + rejected, under a mask that
+course's pairs ~110 of each side's ~130 tokens. With ``pairs=True`` (DPO, IPO, ORPO, the reference cache,
+the held-out measurements and the reward model use it) the two sides become one row, prompt + chosen + rejected, under a mask that
 lets each answer see the prompt and itself only, with each token at its own sequence's position: the same
 log-probabilities, to float rounding, for ~40 % fewer tokens (measured on the real model: forward + backward of 4 pairs
 in 2.0-2.2 s instead of 3.1-3.7 s, and a third less peak memory; ``tests/test_align.py`` checks the numbers and
@@ -41,7 +41,7 @@ def token_logprobs(model, batch: dict, temperature: float = 1.0, trained_logits_
     because the prompt's logits - most of the sequence - are never built.
     ``temperature`` divides the logits (GRPO scores completions at the temperature they were sampled at).
     ``pairs``: ``batch`` is a preference batch (``collate_preferences``: chosen rows first, each pair's
-    two rows starting with the same prompt); the prompt then runs once per pair (:func:`_shared_prompt_rows`).
+    two rows starting with the same prompt); the prompt then runs once per pair (:func:`shared_prompt_rows`).
     """
     targets = next_token_targets(batch["labels"])
     keep = targets != IGNORE_INDEX
@@ -67,7 +67,7 @@ def token_logprobs(model, batch: dict, temperature: float = 1.0, trained_logits_
     return out.masked_scatter(keep, picked)
 
 
-def _takes_4d_masks(model) -> bool:
+def takes_4d_masks(model) -> bool:
     """Does the model's attention take a ready-made 4-D additive mask as the whole truth (transformers' sdpa and
     eager do; flash-attention kernels take only padding masks)? Not for models with sliding-window layers:
     transformers passes a 4-D mask through unchanged, so their window would be lost."""
@@ -78,17 +78,17 @@ def _takes_4d_masks(model) -> bool:
 
 def shares_prompts(model, batch: dict) -> bool:
     """Can ``model`` read this preference batch one row per pair (``shared_prompt_outputs``)?"""
-    return accepts_logits_mask(model) and _takes_4d_masks(model) and "position_ids" not in batch
+    return accepts_logits_mask(model) and takes_4d_masks(model) and "position_ids" not in batch
 
 
 def shared_prompt_outputs(model, batch: dict) -> torch.Tensor:
     """The model's output (logits, or hidden states inside ``_hidden_states_out``) at the position predicting
     each label of a preference batch, in the row-major order of its labels, from one row per pair."""
-    packed = _shared_prompt_rows(batch, next(model.parameters()).dtype)
+    packed = shared_prompt_rows(batch, next(model.parameters()).dtype)
     return model(**packed["inputs"], use_cache=False, logits_to_keep=packed["needed"]).logits[packed["take"]]
 
 
-def _shared_prompt_rows(batch: dict, dtype) -> dict:
+def shared_prompt_rows(batch: dict, dtype) -> dict:
     """One row per preference pair: the tokens both sides share, then the chosen answer, then the rejected.
 
     Why: a pair's chosen and rejected sequences start with the same prompt - here about 110 of their
@@ -99,8 +99,9 @@ def _shared_prompt_rows(batch: dict, dtype) -> dict:
     log-probabilities (to float rounding: the products have other shapes), for ~40 % fewer tokens.
 
     Returns the model's ``inputs`` (ids, 4-D mask, position ids), ``needed`` (B, N): the positions whose
-    hidden state predicts a label, and ``take``: for each label of the ``(2B, T)`` batch in row-major order,
-    the row of ``hidden[needed]`` that predicts it (the prompt's last position predicts both answers' first token).
+    hidden state predicts a label, ``take``: for each label of the ``(2B, T)`` batch in row-major order,
+    the row of ``hidden[needed]`` that predicts it (the prompt's last position predicts both answers' first token),
+    and ``last`` (2B,): where each row's last token sits in the packed rows, flattened (the reward model reads it).
     """
     device = batch["input_ids"].device
     ids, lengths = batch["input_ids"].cpu(), batch["attention_mask"].sum(-1).tolist()
@@ -133,9 +134,11 @@ def _shared_prompt_rows(batch: dict, dtype) -> dict:
     needed = torch.zeros(n_pairs * n, dtype=torch.bool)
     needed[flat] = True
     rank = needed.long().cumsum(0) - 1  # a needed position's row in hidden[needed]
+    row = torch.arange(ids.shape[0])
+    last = (row % n_pairs) * n + where[row, torch.tensor(lengths) - 1]
     return {"inputs": {"input_ids": packed_ids.to(device), "attention_mask": mask.to(device),
                        "position_ids": positions.to(device)},
-            "needed": needed.view(n_pairs, n).to(device), "take": rank[flat].to(device)}
+            "needed": needed.view(n_pairs, n).to(device), "take": rank[flat].to(device), "last": last.to(device)}
 
 
 def _picked_logprobs(logits, targets, temperature):
