@@ -663,7 +663,11 @@ def test_reward_model_reads_a_pairs_prompt_once(monkeypatch):
     _perturb(model)
     records = _pairs(3)
     records.append({**records[0], "chosen": "Positive, clearly.", "rejected": "Positive? Maybe negative."})
-    batch = collate_preferences(tokenize_preferences(records, tok), tok.pad_token_id)
+    examples = tokenize_preferences(records, tok)
+    longer = {k: v + [v[-1]] * 3 for k, v in examples[1]["chosen"].items()}   # chosen: a strict token prefix of rejected
+    examples += [{"chosen": examples[1]["chosen"], "rejected": longer},
+                 {"chosen": examples[2]["chosen"], "rejected": examples[2]["chosen"]}]   # and two equal rows
+    batch = collate_preferences(examples, tok.pad_token_id)
     packed_calls, packed_rows = [], rm.shared_prompt_rows
     monkeypatch.setattr(rm, "shared_prompt_rows", lambda *a: packed_calls.append(1) or packed_rows(*a))
 

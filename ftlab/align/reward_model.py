@@ -75,7 +75,9 @@ def reward_model_from(lm, lora_rank: int = 16, lora_alpha: float = 32, seed: int
 
 
 def reward_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
-    """Bradley-Terry loss of a preference batch (chosen rows first, as ``collate_preferences`` builds it)."""
+    """Bradley-Terry loss of a preference batch (chosen rows first, as ``collate_preferences`` builds it) for a
+    model from :func:`reward_model_from` (its ``forward`` takes ``labels`` to find the shared prompt; a transformers
+    sequence-classification model would take them for its own loss targets)."""
     rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
                     pairs=True).logits.squeeze(-1)
     chosen, rejected = split_pairs(rewards)

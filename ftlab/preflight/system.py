@@ -139,8 +139,8 @@ def _check_cpu_bf16(report: DoctorReport) -> None:
                   for dtype in (torch.float32, torch.bfloat16))
     ratio = bf16 / fp32
     verdict = "faster" if ratio > 1.1 else "slower" if ratio < 0.9 else "about as fast"
-    report.checks.append(Check("bf16 on this CPU", True, f"matrix products {ratio:.2g}x fp32's speed "
-                               f"({bf16 / 1e9:.0f} vs {fp32 / 1e9:.0f} GFLOP/s): {verdict}; the course stays in fp32 "
+    report.checks.append(Check("bf16 on this CPU", True, f"matrix products {ratio:.3g}x fp32's speed "
+                               f"({bf16 / 1e9:.4g} vs {fp32 / 1e9:.4g} GFLOP/s): {verdict}; the course stays in fp32 "
                                "on a CPU (its numbers are fp32's); mixed_precision='bf16' with allow_bf16_on_cpu=True opts in"))
 
 
