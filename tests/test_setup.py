@@ -84,7 +84,7 @@ def test_every_public_name_resolves():
 
 def test_doctor_prices_bf16_on_a_cpu_and_setup_check_does_not(monkeypatch):
     """On a CPU-only machine ``ftlab doctor`` measures bf16 matrix products against fp32 (CPUs differ by a
-    factor of a hundred here, so the course states no fixed number); every notebook's quick set-up check
+    lot here, so the course states no fixed number); every notebook's quick set-up check
     skips that half second."""
     import torch
 

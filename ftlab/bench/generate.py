@@ -201,6 +201,7 @@ def bench_batch(model, tokenizer, prompts, batch_size, max_new_tokens, stops, bf
         paths["bf16"] = lambda _model, *rest: _ftlab(bf16_model, *rest)
     outputs, timings = run_paths(model, tokenizer, prompts, batch_size, max_new_tokens, stops, paths)
     tokens = sum(len(t) for t in outputs["ftlab"])
+    bf16_tokens = sum(len(t) for t in outputs["bf16"]) if "bf16" in paths else 0
     limit = matmul_limit(model, batch_size, sum(len(p) for p in prompts), tokens)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))   # ftlab's path once more, its linears timed
     in_linear, hooked_s = linear_seconds(model, lambda: [
@@ -215,8 +216,7 @@ def bench_batch(model, tokenizer, prompts, batch_size, max_new_tokens, stops, bf
             "limit_gflop_s": limit["gflop_s"], "prompt_share": limit["prompt_share"],
             "linear_share": in_linear / hooked_s, "linear_ceiling_tok_s": tokens / in_linear,
             "ceiling_vs_generate": timings["generate"] / in_linear,
-            **({"bf16_tok_s": sum(len(t) for t in outputs["bf16"]) / timings["bf16"],
-                "bf16_tokens": sum(len(t) for t in outputs["bf16"]),
+            **({"bf16_tok_s": bf16_tokens / timings["bf16"], "bf16_tokens": bf16_tokens,
                 "bf16_speedup": timings["generate"] / timings["bf16"],  # same prompts, other answers: a time ratio
                 "bf16_same": sum(a == b for a, b in zip(outputs["bf16"], outputs["ftlab"]))} if "bf16" in paths else {})}
 

@@ -127,7 +127,7 @@ def _check_device(report: DoctorReport, measure_bf16: bool = False) -> None:
 
 def _check_cpu_bf16(report: DoctorReport) -> None:
     """How fast this CPU multiplies bf16 matrices against fp32 (a layer's shape, ~0.5 s in all). CPUs differ
-    by a factor of a hundred here: those with bf16 matrix units (Intel AMX, Arm's BF16 instructions) are
+    widely here: those with bf16 matrix units (Intel AMX, Arm's BF16 instructions) are
     several times faster in bf16, those without emulate it many times slower. The course runs fp32 on a
     CPU either way - its numbers are fp32's - but a learner who opts in should know what it costs."""
     import torch
@@ -135,7 +135,7 @@ def _check_cpu_bf16(report: DoctorReport) -> None:
     from ftlab.training.measure import measure_matmul_flops
 
     shape = (256, 576, 1536)  # 256 tokens through SmolLM2-135M's MLP projection
-    fp32, bf16 = (measure_matmul_flops(torch.device("cpu"), dtype, [shape], min_seconds=0.2)["256x576x1536"]
+    fp32, bf16 = (min(measure_matmul_flops(torch.device("cpu"), dtype, [shape], min_seconds=0.2).values())
                   for dtype in (torch.float32, torch.bfloat16))
     ratio = bf16 / fp32
     verdict = "faster" if ratio > 1.1 else "slower" if ratio < 0.9 else "about as fast"
